@@ -1,0 +1,43 @@
+"""The code location: every dataset spec becomes an asset group, each stage module adds its assets.
+
+Load with `dagster dev -m datamate_assets.definitions`, `dg check defs`, or the workspace.yaml.
+"""
+
+import importlib
+import logging
+import os
+
+import dagster as dg
+
+from datamate_assets.spec import DatasetSpec, SpecFileError, load_specs
+from datamate_resources import build_resources
+from datamate_resources.settings import Settings
+
+# Each module exposes build_defs(spec) -> dg.Definitions for one dataset (empty when its section is absent).
+STAGE_MODULES = [
+    "datamate_assets.collection",
+]
+
+log = logging.getLogger("datamate")
+
+
+def load_dataset_specs(settings: Settings) -> list[DatasetSpec]:
+    specs, errors = load_specs(settings.datasets_dir)
+    if errors:
+        # `dagster definitions validate` / `dg check defs` must fail on a bad spec; a running webserver or
+        # daemon keeps serving the good datasets and logs the bad one.
+        if os.environ.get("DAGSTER_IS_DEFS_VALIDATION_CLI") == "1":
+            raise SpecFileError(errors)
+        for error in errors:
+            log.error("Skipping dataset spec: %s", error)
+    return specs
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or Settings.from_env()
+    stages = [importlib.import_module(name) for name in STAGE_MODULES]
+    per_dataset = [stage.build_defs(spec) for spec in load_dataset_specs(settings) for stage in stages]
+    return dg.Definitions.merge(dg.Definitions(resources=build_resources(settings)), *per_dataset)
+
+
+defs = build_definitions()

@@ -1,0 +1,33 @@
+"""Resources around the platform's services. They know nothing of assets."""
+
+import dagster as dg
+
+from datamate_resources.io_manager import ParquetIOManager
+from datamate_resources.settings import Settings
+from datamate_resources.storage import ObjectStore
+
+
+def optional_env(name: str) -> dg.EnvVar | None:
+    """A secret passed by reference (never by value) when it is set, so it stays out of run config."""
+    import os
+
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def build_storage(settings: Settings) -> ObjectStore:
+    return ObjectStore(
+        url=settings.storage_url,
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=optional_env("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=optional_env("AWS_SECRET_ACCESS_KEY"),
+        region_name=None,
+    )
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    """The resources for this environment; the stage engineers add theirs here."""
+    storage = build_storage(settings)
+    return {
+        "storage": storage,
+        "io_manager": ParquetIOManager(storage=storage),
+    }

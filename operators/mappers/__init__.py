@@ -1,0 +1,1 @@
+"""Mappers: text in, text out. Every module here registers its operators on import."""
