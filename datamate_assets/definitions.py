@@ -35,8 +35,9 @@ def load_dataset_specs(settings: Settings) -> list[DatasetSpec]:
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
+    specs = load_dataset_specs(settings)
     stages = [importlib.import_module(name) for name in STAGE_MODULES]
-    per_dataset = [stage.build_defs(spec) for spec in load_dataset_specs(settings) for stage in stages]
+    per_dataset = [stage.build_defs(spec) for spec in specs for stage in stages]
     return dg.Definitions.merge(dg.Definitions(resources=build_resources(settings)), *per_dataset)
 
 
