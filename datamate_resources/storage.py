@@ -9,6 +9,7 @@ import uuid
 from functools import lru_cache
 from typing import Any
 
+import botocore.exceptions
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -65,23 +66,23 @@ class ObjectStore(S3Resource):
 
     def check_reachable(self) -> None:
         """Fail early with a message that says what to check."""
+        if not self.is_s3:
+            self.fs.makedirs(self.root, exist_ok=True)
+            return
+        bucket = self.root.split("/", 1)[0]
+        where = self.endpoint_url or "AWS S3"
         try:
-            if self.is_s3:
-                bucket = self.root.split("/", 1)[0]
-                if not self.fs.exists(bucket):
-                    raise StorageUnavailableError(
-                        f"S3 bucket '{bucket}' does not exist at {self.endpoint_url or 'AWS'}: create it "
-                        "or fix DATAMATE_STORAGE_URL."
-                    )
-            else:
-                self.fs.makedirs(self.root, exist_ok=True)
-        except StorageUnavailableError:
-            raise
-        except Exception as error:  # botocore/aiohttp raise many kinds; the message is what matters
-            where = self.endpoint_url or "AWS S3" if self.is_s3 else self.root
+            self.get_client().head_bucket(Bucket=bucket)
+        except botocore.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+                raise StorageUnavailableError(
+                    f"S3 bucket '{bucket}' does not exist at {where}: create it or fix DATAMATE_STORAGE_URL."
+                ) from error
+            raise StorageUnavailableError(f"S3 at {where} refused access to bucket '{bucket}': {error}") from error
+        except botocore.exceptions.BotoCoreError as error:
             raise StorageUnavailableError(
-                f"Object storage at {where} is unreachable ({type(error).__name__}: {error}). Check "
-                "DATAMATE_STORAGE_URL, DATAMATE_S3_ENDPOINT_URL and that the server is running."
+                f"Object storage at {where} is unreachable ({error}). Check DATAMATE_STORAGE_URL, "
+                "DATAMATE_S3_ENDPOINT_URL and that the server is running."
             ) from error
 
     def exists(self, *parts: str) -> bool:

@@ -16,11 +16,10 @@ def materialize_roundtrip(settings: Settings) -> dg.ExecuteInProcessResult:
     def collected() -> pa.Table:
         return sample_table()
 
-    @dg.asset(key=["demo", "cleaned"], deps=[])
+    @dg.asset(key=["demo", "cleaned"], ins={"collected": dg.AssetIn(key=["demo", "collected"])})
     def cleaned(collected: pa.Table) -> pa.Table:
         return collected.slice(0, 5)
 
-    cleaned = cleaned.with_attributes(input_asset_key_overrides={"collected": dg.AssetKey(["demo", "collected"])})
     return dg.materialize([collected, cleaned], resources=build_resources(settings))
 
 
