@@ -38,7 +38,17 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     specs = load_dataset_specs(settings)
     stages = [importlib.import_module(name) for name in STAGE_MODULES]
     per_dataset = [stage.build_defs(spec) for spec in specs for stage in stages]
-    return dg.Definitions.merge(dg.Definitions(resources=build_resources(settings)), *per_dataset)
+    pipelines = dg.Definitions(jobs=[pipeline_job(spec) for spec in specs])
+    return dg.Definitions.merge(dg.Definitions(resources=build_resources(settings)), pipelines, *per_dataset)
+
+
+def pipeline_job(spec: DatasetSpec) -> dg.UnresolvedAssetJobDefinition:
+    """Every stage of one dataset, in lineage order: what `datamate demo` and the UI's launchpad run."""
+    return dg.define_asset_job(
+        f"{spec.name}_pipeline",
+        selection=dg.AssetSelection.groups(spec.name),
+        description=f"All stages of dataset '{spec.name}'",
+    )
 
 
 defs = build_definitions()

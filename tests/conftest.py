@@ -38,7 +38,10 @@ def s3_bucket(s3_endpoint, monkeypatch) -> str:
 
 
 def _boto_keys() -> dict:
-    return {"aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"]}
+    return {
+        "aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+    }
 
 
 @pytest.fixture

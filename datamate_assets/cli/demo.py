@@ -1,0 +1,102 @@
+"""`datamate demo`: run every stage of the sample dataset with the embedded defaults, then show the results.
+
+Runs in this process on the Dagster instance in $DAGSTER_HOME, so the runs and materializations appear in the
+web UI afterwards (`make dev`), and Milvus Lite is opened by one process only.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="Run the whole pipeline on the bundled sample corpus, offline")
+    parser.add_argument("--dataset", default="debian_docs", help="Dataset spec to run (default: debian_docs)")
+    parser.add_argument("--question", default="How do I configure the network interface?",
+                        help="Question to ask the knowledge base at the end")
+    parser.set_defaults(func=run)
+
+
+def ensure_dagster_home(datamate_home: Path) -> Path:
+    """Use $DAGSTER_HOME, or a local one whose dagster.yaml is the repository's embedded default."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    home = datamate_home / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.symlink_to(REPO / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def run(args) -> int:
+    from datamate_assets.definitions import build_definitions
+    from datamate_resources import build_storage
+    from datamate_resources.settings import Settings
+
+    settings = Settings.from_env()
+    dagster_home = ensure_dagster_home(settings.home)
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(f"{args.dataset}_pipeline")
+    print(f"Running {job.name} with embedded defaults (DAGSTER_HOME={dagster_home}) …", flush=True)
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+    elapsed = time.monotonic() - started
+    if not result.success:
+        for event in result.all_events:
+            if event.is_failure and event.step_failure_data:
+                print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}")
+        return 1
+
+    storage = build_storage(settings)
+    print(f"\nAll stages of '{args.dataset}' materialized in {elapsed:.0f}s. Outputs:")
+    for key in _materialized(result):
+        path = storage.uri(*key.path[:-1], f"{key.path[-1]}.parquet")
+        table = storage.read_table(*key.path[:-1], f"{key.path[-1]}.parquet")
+        rows = f"{table.num_rows:>6} rows" if table is not None else "  (not a table)"
+        print(f"  {key.to_user_string():<40} {rows}  {path if table is not None else ''}")
+    show_synthesized(storage.read_table(args.dataset, "synthesized.parquet"))
+    show_evaluation(storage.read_table(args.dataset, "evaluation.parquet"))
+    show_search(args.dataset, args.question, settings)
+    print("\nOpen the web UI with `make dev` (http://127.0.0.1:3000) to see the asset graph and these runs.")
+    return 0
+
+
+def _materialized(result: dg.ExecuteInProcessResult) -> list[dg.AssetKey]:
+    keys = {event.asset_key for event in result.get_asset_materialization_events()}
+    return sorted(keys, key=lambda key: key.to_user_string())
+
+
+def show_synthesized(table: pa.Table | None, rows: int = 3) -> None:
+    if table is None or table.num_rows == 0:
+        return
+    print(f"\nSynthesized training data ({table.num_rows} records), first {rows}:")
+    for record in table.slice(0, rows).to_pylist():
+        print(f"  [{record.get('kind')}] Q: {record.get('question')}\n        A: {record.get('answer')}")
+
+
+def show_evaluation(table: pa.Table | None) -> None:
+    if table is None or table.num_rows == 0:
+        return
+    print("\nEvaluation summary:")
+    for record in table.to_pylist():
+        print("  " + ", ".join(f"{k}={v}" for k, v in record.items()))
+
+
+def show_search(dataset: str, question: str, settings) -> None:
+    try:
+        from datamate_resources.search import search_dataset
+    except ImportError:
+        return
+    hits = search_dataset(dataset, question, k=3, settings=settings)
+    print(f"\nTop hits for {json.dumps(question)}:")
+    for hit in hits:
+        print(f"  {hit['score']:.3f}  {hit['source_uri']}  {' '.join(hit['text'].split())[:100]}")
