@@ -36,11 +36,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 from pydantic import BaseModel, ConfigDict
 
 DEFAULT_TEXT_KEY = "text"
+
+# Filter stats: numbers, or a short label such as a language code.
+Stats: TypeAlias = dict[str, float | str]
 
 
 class OperatorParams(BaseModel):
@@ -49,7 +52,7 @@ class OperatorParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Operator(ABC):
+class Operator:
     """Common part of every operator: its registered name, kind, validated parameters and text key."""
 
     name: ClassVar[str] = ""  # set by @register
@@ -70,7 +73,7 @@ class Operator(ABC):
         return f"{type(self).__name__}({self.params!r})"
 
 
-class Mapper(Operator):
+class Mapper(Operator, ABC):
     """Text in, text out. A mapper that changes nothing returns its input unchanged."""
 
     kind: ClassVar[str] = "mapper"
@@ -90,10 +93,10 @@ class Mapper(Operator):
 class FilterResult:
     keep: bool
     reason: str  # empty when kept
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: Stats = field(default_factory=dict)
 
 
-class Filter(Operator):
+class Filter(Operator, ABC):
     """Compute stats of a text, then keep or drop it with a reason.
 
     Stats are a side channel: the cleaning stage records them per document, so a recipe's thresholds
@@ -103,13 +106,13 @@ class Filter(Operator):
     kind: ClassVar[str] = "filter"
 
     @abstractmethod
-    def compute_stats(self, text: str) -> dict[str, float]: ...
+    def compute_stats(self, text: str) -> Stats: ...
 
     @abstractmethod
-    def keep(self, stats: dict[str, float]) -> tuple[bool, str]:
+    def keep(self, stats: Stats) -> tuple[bool, str]:
         """Decide from the stats alone; the reason names the stat, its value and the bound it broke."""
 
-    def compute_stats_batch(self, texts: Sequence[str]) -> list[dict[str, float]]:
+    def compute_stats_batch(self, texts: Sequence[str]) -> list[Stats]:
         return [self.compute_stats(text) for text in texts]
 
     def check(self, doc: dict[str, Any]) -> FilterResult:
@@ -118,7 +121,7 @@ class Filter(Operator):
         return FilterResult(kept, "" if kept else reason, stats)
 
 
-class Deduplicator(Operator):
+class Deduplicator(Operator, ABC):
     """Dataset-level: fingerprint each document, then decide which ones duplicate an earlier one.
 
     ``fingerprint`` runs per document (in parallel, anywhere); ``find_duplicates`` sees only the

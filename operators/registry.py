@@ -19,7 +19,7 @@ from pydantic_core import PydanticUndefined
 from operators.base import DEFAULT_TEXT_KEY, Operator, OperatorParams
 
 _REGISTRY: dict[str, type[Operator]] = {}
-_BUILTIN_PACKAGES = ("operators.mappers", "operators.filters", "operators.deduplicators")
+_BUILTIN_PACKAGES = ("operators.mappers", "operators.filters", "operators.dedup")
 _loaded = False
 
 # Data-Juicer per-operator runtime options (parallelism, hardware, ...) that do not change results;
@@ -103,7 +103,7 @@ def build_operator(name: str, params: dict[str, Any] | None = None, text_key: st
     except ValidationError as error:
         first = error.errors()[0]
         parameter = ".".join(str(part) for part in first["loc"]) or None
-        reason = first["msg"]
+        reason = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(first["loc"][0]), cls.Params.model_fields, n=3)
             reason = "unknown parameter" + (f"; did you mean {', '.join(close)}?" if close else "")

@@ -1,0 +1,116 @@
+"""Web clean-up mappers: HTML, e-mail addresses, links, IP addresses, copyright headers (Data-Juicer names)."""
+
+from __future__ import annotations
+
+import re
+
+import regex
+from pydantic import Field, field_validator
+from selectolax.lexbor import LexborHTMLParser
+
+from operators.base import Mapper, OperatorParams
+from operators.registry import register
+
+
+def compile_pattern(pattern: str, flags: int = 0) -> regex.Pattern:
+    """Compile a recipe's pattern; a bad one is a ValueError, so parameter validation reports it."""
+    try:
+        return regex.compile(raw_pattern(pattern), flags)
+    except regex.error as error:
+        raise ValueError(f"invalid regular expression {pattern!r}: {error}") from None
+
+
+def raw_pattern(pattern: str) -> str:
+    """Data-Juicer accepts patterns written as r'...' inside YAML strings; unwrap them the same way."""
+    if len(pattern) > 2 and pattern[:2] in ("r'", 'r"') and pattern[-1] == pattern[1]:
+        return pattern[2:-1]
+    return pattern
+
+
+class PatternParams(OperatorParams):
+    pattern: str | None = Field(None, description="Regular expression to replace; None uses the built-in one.")
+    repl: str = Field("", description="Replacement for every match (empty removes it).")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            compile_pattern(pattern)
+        return pattern
+
+
+class _PatternMapper(Mapper):
+    Params = PatternParams
+    default_pattern: str = ""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        pattern = self.params.pattern
+        self._regex = compile_pattern(pattern if pattern is not None else self.default_pattern, regex.DOTALL)
+
+    def process_text(self, text: str) -> str:
+        return self._regex.sub(self.params.repl, text)
+
+
+@register("clean_email_mapper")
+class CleanEmailMapper(_PatternMapper):
+    """Remove or replace e-mail addresses."""
+
+    default_pattern = r"[A-Za-z0-9.\-+_]+@[a-z0-9.\-+_]+\.[a-z]+"
+
+
+@register("clean_links_mapper")
+class CleanLinksMapper(_PatternMapper):
+    """Remove or replace URLs and other web links."""
+
+    default_pattern = (
+        r"(?i)\b("
+        r"(?:[a-z][\w-]+:(?:\/{1,3}|[a-z0-9%])|www\d{0,3}[.]|[a-z0-9.\-]+[.][a-z]{2,4}\/)"
+        r"(?:[^\s()<>]+|\(([^\s()<>]+|(\([^\s()<>]+\)))*\))"
+        r"+(?:\(([^\s()<>]+|(\([^\s()<>]+\)))*\)|[^\s`!()\[\]{};:\'\".,<>?«»“”‘’])"
+        r")"
+    )
+
+
+@register("clean_ip_mapper")
+class CleanIpMapper(_PatternMapper):
+    """Remove or replace IPv4 and IPv6 addresses."""
+
+    default_pattern = (
+        r"(?:(?:1[0-9][0-9]\.)|(?:2[0-4][0-9]\.)|(?:25[0-5]\.)|(?:[1-9][0-9]\.)|(?:[0-9]\.))"
+        r"{3}(?:(?:1[0-9][0-9])|(?:2[0-4][0-9])|(?:25[0-5])|(?:[1-9][0-9])|(?:[0-9]))|"
+        r"([\da-fA-F]{1,4}:){7}[\da-fA-F]{1,4}"
+    )
+
+
+@register("clean_html_mapper")
+class CleanHtmlMapper(Mapper):
+    """Strip HTML tags and keep the text (list items become '*' bullets), with the lexbor HTML5 parser."""
+
+    def process_text(self, text: str) -> str:
+        text = text.replace("<li>", "\n*").replace("</li>", "").replace("<ol>", "\n*").replace("</ol>", "")
+        return LexborHTMLParser(text).text()
+
+
+_C_COMMENT = re.compile(r"/\*[^*]*\*+(?:[^/*][^*]*\*+)*/")
+_COPYRIGHT = re.compile("copyright", re.IGNORECASE)
+
+
+@register("clean_copyright_mapper")
+class CleanCopyrightMapper(Mapper):
+    """Remove a leading copyright notice: a /* ... */ block mentioning copyright, or leading //, # or -- lines."""
+
+    def process_text(self, text: str) -> str:
+        block = _C_COMMENT.search(text)
+        if block:  # only the first block comment is considered, as in Data-Juicer
+            if _COPYRIGHT.search(block.group()):
+                text = text[: block.start()] + text[block.end():]
+            return text
+        lines = text.split("\n")
+        skip = 0
+        for line in lines:
+            if line.startswith(("//", "#", "--")) or not line:
+                skip += 1
+            else:
+                break
+        return "\n".join(lines[skip:]) if skip else text
