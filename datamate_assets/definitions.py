@@ -9,6 +9,8 @@ import os
 
 import dagster as dg
 
+from datamate_assets.automation import apply_automation
+from datamate_assets.reporting import with_reporting
 from datamate_assets.spec import DatasetSpec, SpecFileError, load_specs
 from datamate_resources import build_resources
 from datamate_resources.settings import Settings
@@ -39,10 +41,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     stages = [importlib.import_module(name) for name in STAGE_MODULES]
     per_dataset = [stage.build_defs(spec) for spec in specs for stage in stages]
     pipelines = dg.Definitions(jobs=[pipeline_job(spec) for spec in specs])
-    return dg.Definitions.merge(dg.Definitions(resources=build_resources(settings)), pipelines, *per_dataset)
+    merged = dg.Definitions.merge(dg.Definitions(resources=build_resources(settings)), pipelines, *per_dataset)
+    return apply_automation(with_reporting(merged, settings), specs)
 
 
-def pipeline_job(spec: DatasetSpec) -> dg.UnresolvedAssetJobDefinition:
+def pipeline_job(spec: DatasetSpec):
     """Every stage of one dataset, in lineage order: what `datamate demo` and the UI's launchpad run."""
     return dg.define_asset_job(
         f"{spec.name}_pipeline",

@@ -1,0 +1,128 @@
+"""Reporting: the dbt project in `dbt_project/` (dbt-duckdb over the stage outputs' Parquet files) as assets.
+
+Each dbt source table is a stage; its Dagster dependencies are that stage's `[<dataset>, <stage>]` assets of
+every dataset, so lineage in the UI runs from collection to the reports. dbt tests are asset checks. The
+manifest is prepared at install time (`make install` runs `dagster-dbt project prepare-and-package`); a
+checkout without one parses the project once at load.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import dagster as dg
+import yaml
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from datamate_resources.io_manager import asset_parts
+from datamate_resources.settings import Settings
+from datamate_resources.storage import ObjectStore
+
+REPORTING_GROUP = "reporting"
+SOURCE_PREFIX = "datamate_stage"  # placeholder key of a dbt source, replaced by the stage's real assets
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
+
+# dagster-dbt finds dbt on PATH; `dg` and daemons started outside the venv do not have its bin there.
+DBT_EXECUTABLE = str(Path(sys.executable).parent / "dbt")
+if shutil.which("dbt") is None:
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
+dbt_project.prepare_if_dev()
+
+
+class ReportingTranslator(DagsterDbtTranslator):
+    def get_asset_spec(self, manifest, unique_id, project) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        props = self.get_resource_props(manifest, unique_id)
+        if props["resource_type"] == "source":
+            return spec.replace_attributes(key=dg.AssetKey([SOURCE_PREFIX, props["name"]]))
+        return spec.replace_attributes(
+            key=dg.AssetKey([REPORTING_GROUP, props["name"]]), group_name=REPORTING_GROUP,
+            automation_condition=dg.AutomationCondition.eager(),
+        )
+
+
+def duckdb_extension_directory() -> str:
+    """Where the `duckdb-ext-httpfs` wheel put httpfs: duckdb cannot download extensions here."""
+    return str(Path(importlib.util.find_spec("duckdb_ext").submodule_search_locations[0]) / "extensions")
+
+
+def write_profile(settings: Settings) -> Path:
+    """profiles.yml for this environment, under DATAMATE_HOME; secrets stay env_var() references."""
+    output: dict = {
+        "type": "duckdb",
+        "path": str(settings.home / "reporting.duckdb"),
+        "threads": 1,
+        "config_options": {"extension_directory": duckdb_extension_directory()},
+    }
+    if settings.uses_s3:
+        endpoint = settings.s3_endpoint_url or "https://s3.amazonaws.com"
+        output["extensions"] = ["httpfs"]
+        output["secrets"] = [{
+            "type": "s3",
+            "key_id": "{{ env_var('AWS_ACCESS_KEY_ID', '') }}",
+            "secret": "{{ env_var('AWS_SECRET_ACCESS_KEY', '') }}",
+            "region": "{{ env_var('AWS_REGION', 'us-east-1') }}",
+            "endpoint": endpoint.split("://", 1)[-1].rstrip("/"),
+            "use_ssl": endpoint.startswith("https://"),
+            # MinIO and other custom endpoints address buckets by path.
+            "url_style": "path" if settings.s3_endpoint_url else "vhost",
+        }]
+    directory = settings.home / "dbt"
+    directory.mkdir(parents=True, exist_ok=True)
+    profile = {"datamate": {"target": "run", "outputs": {"run": output}}}
+    (directory / "profiles.yml").write_text(yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
+    return directory
+
+
+def stage_files(storage: ObjectStore, stage_keys: list[dg.AssetKey]) -> dict[str, list[str]]:
+    """dbt source name → the Parquet files written so far (the `stage_files` dbt var)."""
+    files: dict[str, list[str]] = {}
+    for asset_key in stage_keys:
+        parts = asset_parts(asset_key)
+        if storage.exists(*parts):
+            files.setdefault(asset_key.path[-1], []).append(
+                storage.uri(*parts) if storage.is_s3 else storage.path(*parts)
+            )
+    return files
+
+
+def with_reporting(defs: dg.Definitions, settings: Settings) -> dg.Definitions:
+    """`defs` plus the dbt models, each depending on the stage assets of every dataset that has them."""
+    if not dbt_project.manifest_path.exists():
+        dbt_project.preparer.prepare(dbt_project)
+    existing = {k for a in defs.assets or [] for k in (a.keys if isinstance(a, dg.AssetsDefinition) else [a.key])}
+    by_stage: dict[str, list[dg.AssetKey]] = {}
+    for asset_key in sorted(existing, key=lambda k: k.path):
+        if len(asset_key.path) == 2 and asset_key.path[0] != REPORTING_GROUP:
+            by_stage.setdefault(asset_key.path[1], []).append(asset_key)
+
+    @dbt_assets(
+        manifest=dbt_project.manifest_path, project=dbt_project, name="reporting_dbt",
+        dagster_dbt_translator=ReportingTranslator(),
+    )
+    def reporting(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: ObjectStore):
+        sources = [k for stage, keys in by_stage.items() for k in keys if stage in source_tables]
+        dbt_vars = json.dumps({"stage_files": stage_files(storage, sources)})
+        yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
+
+    source_tables = {dep.asset_key.path[1] for spec in reporting.specs for dep in spec.deps
+                     if dep.asset_key.path[0] == SOURCE_PREFIX}
+
+    def stage_deps(spec: dg.AssetSpec) -> dg.AssetSpec:
+        deps = [dep for dep in spec.deps if dep.asset_key.path[0] != SOURCE_PREFIX]
+        for dep in spec.deps:
+            if dep.asset_key.path[0] == SOURCE_PREFIX:
+                deps += [dg.AssetDep(k) for k in by_stage.get(dep.asset_key.path[1], [])]
+        return spec.replace_attributes(deps=deps)
+
+    dbt = DbtCliResource(
+        project_dir=dbt_project, profiles_dir=str(write_profile(settings)), dbt_executable=DBT_EXECUTABLE
+    )
+    return dg.Definitions.merge(
+        defs, dg.Definitions(assets=[reporting.map_asset_specs(stage_deps)], resources={"dbt": dbt})
+    )
