@@ -48,7 +48,10 @@ def run(args) -> int:
     print(f"Running {job.name} with embedded defaults (DAGSTER_HOME={dagster_home}) …", flush=True)
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+        )
     elapsed = time.monotonic() - started
     if not result.success:
         for event in result.all_events:
