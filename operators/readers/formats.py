@@ -1,0 +1,281 @@
+"""One reader per file format: a binary stream in, `Document`s and `Reject`s out.
+
+Record formats (jsonl, csv, parquet) are read record by record; whole-document formats (txt, md, html, json,
+pdf, docx) read at most `max_bytes`. A reader never raises for bad input: `read_stream` turns whatever goes
+wrong into a `Reject` naming the input, and record formats reject single records (file and line) and go on.
+"""
+
+import codecs
+import csv
+import io
+import json
+import posixpath
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import charset_normalizer
+import docx
+import pyarrow.parquet as pq
+import pypdf
+import trafilatura
+from docx.table import Table
+
+from operators.readers.records import Document, Reject, Rejected
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    text_field: str = "text"
+    id_field: str | None = None
+    title_field: str | None = None
+    max_bytes: int = 50_000_000
+
+
+MIME_TYPES = {
+    "txt": "text/plain",
+    "md": "text/markdown",
+    "html": "text/html",
+    "json": "application/json",
+    "jsonl": "application/jsonl",
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "pdf": "application/pdf",
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+}
+SUFFIXES = {
+    ".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html",
+    ".xhtml": "html", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
+    ".parquet": "parquet", ".pdf": "pdf", ".docx": "docx",
+}
+CONTENT_TYPES = {
+    **{mime: fmt for fmt, mime in MIME_TYPES.items()},
+    "application/xhtml+xml": "html",
+    "application/x-ndjson": "jsonl",
+    "application/jsonlines": "jsonl",
+}
+TITLE_MAX_CHARS = 200
+
+
+def format_for(name: str, content_type: str | None = None) -> str | None:
+    """The reader for a file name (by suffix), else for an HTTP Content-Type; None when there is none."""
+    suffix = posixpath.splitext(name.lower())[1]
+    if suffix in SUFFIXES:
+        return SUFFIXES[suffix]
+    if content_type:
+        return CONTENT_TYPES.get(content_type.split(";")[0].strip().lower())
+    return None
+
+
+def read_stream(stream: BinaryIO, source_uri: str, fmt: str, options: ReadOptions) -> Iterator[Document | Reject]:
+    """Documents and rejects of one input; never raises for bad content."""
+    try:
+        yield from READERS[fmt](stream, source_uri, options)
+    except Rejected as rejected:
+        yield Reject(source_uri, rejected.reason, rejected.detail)
+    except OSError as error:
+        yield Reject(source_uri, "unreadable", f"{type(error).__name__}: {error}")
+    except Exception as error:  # why: a damaged file of any kind must not fail the other inputs of the run
+        yield Reject(source_uri, "corrupt", f"{fmt} reader failed: {type(error).__name__}: {error}")
+
+
+# --- whole-document formats ---------------------------------------------------------------------------
+def read_limited(stream: BinaryIO, max_bytes: int) -> bytes:
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise Rejected("oversized", f"more than max_bytes={max_bytes} bytes")
+    if not data.strip():
+        raise Rejected("empty", "no content")
+    return data
+
+
+def decode_text(data: bytes) -> tuple[str, str]:
+    """(text, encoding): UTF-8 (or a BOM's encoding) first, else charset-normalizer's best guess."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return data.decode(encoding), encoding
+    if b"\x00" in data[:8192]:  # valid UTF-8 too, but never in text
+        raise Rejected("binary", "NUL bytes in the first 8 KB: not a text file")
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    best = charset_normalizer.from_bytes(data).best()
+    if best is None:
+        raise Rejected("encoding", "not valid UTF-8 and no other encoding fits")
+    return str(best), best.encoding
+
+
+def _document(text: str, source_uri: str, fmt: str, title: str, **metadata: Any) -> Document:
+    text = text.strip()
+    if not text:
+        raise Rejected("empty", f"no text left after {fmt} extraction")
+    return Document(text, source_uri, MIME_TYPES[fmt], title.strip()[:TITLE_MAX_CHARS], metadata)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def read_txt(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
+    text, encoding = decode_text(read_limited(stream, options.max_bytes))
+    yield _document(text, source_uri, "txt", _first_line(text), encoding=encoding)
+
+
+def read_md(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
+    text, encoding = decode_text(read_limited(stream, options.max_bytes))
+    heading = next((line[2:] for line in text.splitlines() if line.startswith("# ")), _first_line(text))
+    yield _document(text, source_uri, "md", heading.strip(), encoding=encoding)
+
+
+def read_html(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
+    html, encoding = decode_text(read_limited(stream, options.max_bytes))
+    # Markdown output keeps paragraphs, lists, code and tables apart for the chunker; favor_recall keeps
+    # the text of documentation pages that the precision mode cuts.
+    text = trafilatura.extract(
+        html, output_format="markdown", favor_recall=True, include_formatting=True, include_tables=True,
+        include_comments=False, include_links=False, include_images=False,
+    )
+    meta = trafilatura.extract_metadata(html)
+    yield _document(text or "", source_uri, "html", (meta.title if meta else None) or "", encoding=encoding)
+
+
+def read_pdf(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
+    try:
+        reader = pypdf.PdfReader(stream)
+    except pypdf.errors.PdfReadError as error:
+        raise Rejected("corrupt", f"not a readable PDF: {error}") from error
+    if reader.is_encrypted and not reader.decrypt(""):
+        raise Rejected("unreadable", "the PDF is encrypted with a password")
+    pages = [(page.extract_text() or "").strip() for page in reader.pages]
+    if not any(pages):
+        raise Rejected("empty", f"no extractable text in {len(pages)} pages (scanned images?)")
+    title = (reader.metadata.title if reader.metadata else None) or _first_line(pages[0])
+    yield _document("\n\n".join(p for p in pages if p), source_uri, "pdf", str(title), pages=len(pages))
+
+
+def read_docx(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
+    document = docx.Document(stream)
+    blocks = []
+    for block in document.iter_inner_content():
+        if isinstance(block, Table):
+            blocks.extend(" | ".join(cell.text.strip() for cell in row.cells) for row in block.rows)
+            continue
+        text = block.text.strip()
+        style = block.style.name if block.style is not None else ""
+        if text and style.startswith("Heading ") and style[8:].isdigit():
+            text = "#" * int(style[8:]) + " " + text  # Markdown headings, so chunks can carry them
+        elif text and style == "Title":
+            text = "# " + text
+        if text:
+            blocks.append(text)
+    title = document.core_properties.title or next((b.lstrip("# ") for b in blocks if b.startswith("#")), "")
+    yield _document("\n\n".join(blocks), source_uri, "docx", title)
+
+
+# --- record formats -----------------------------------------------------------------------------------
+def record_to_document(
+    record: dict[str, Any], source_uri: str, position: str, fmt: str, options: ReadOptions
+) -> Document | Reject:
+    """One record (JSON object, CSV row, Parquet/SQL row) → a Document, or a Reject naming the record."""
+    where = position.replace("=", " ")  # "line 3", "row 7": what the reject detail names
+    record_id = record.get(options.id_field) if options.id_field else None
+    uri = f"{source_uri}#id={record_id}" if record_id not in (None, "") else f"{source_uri}#{position}"
+    text = record.get(options.text_field)
+    if text is None:
+        fields = ", ".join(map(str, record)) or "none"
+        return Reject(uri, "missing_field", f"{where}: no field '{options.text_field}' (fields: {fields})")
+    if not isinstance(text, str):
+        return Reject(uri, "missing_field", f"{where}: field '{options.text_field}' is {type(text).__name__}")
+    if not text.strip():
+        return Reject(uri, "empty", f"{where}: field '{options.text_field}' is blank")
+    title = record.get(options.title_field) if options.title_field else None
+    metadata = {k: v for k, v in record.items() if k != options.text_field}
+    return Document(text.strip(), uri, MIME_TYPES.get(fmt, "text/plain"), str(title or "")[:TITLE_MAX_CHARS],
+                    metadata)
+
+
+def read_json(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document | Reject]:
+    try:
+        data = json.loads(read_limited(stream, options.max_bytes))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise Rejected("parse_error", f"invalid JSON: {error}") from error
+    records = data if isinstance(data, list) else [data]
+    for index, record in enumerate(records):
+        if isinstance(record, dict):
+            yield record_to_document(record, source_uri, f"item={index}", "json", options)
+        else:
+            yield Reject(f"{source_uri}#item={index}", "parse_error",
+                         f"item {index}: expected a JSON object, got {type(record).__name__}")
+
+
+def read_jsonl(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document | Reject]:
+    for number, raw in enumerate(stream, start=1):
+        if not raw.strip():
+            continue
+        where = f"line={number}"
+        try:
+            record = json.loads(raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            yield Reject(f"{source_uri}#{where}", "parse_error", f"line {number}: invalid JSON: {error}")
+            continue
+        if not isinstance(record, dict):
+            yield Reject(f"{source_uri}#{where}", "parse_error",
+                         f"line {number}: expected a JSON object, got {type(record).__name__}")
+            continue
+        yield record_to_document(record, source_uri, where, "jsonl", options)
+
+
+def read_csv(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document | Reject]:
+    # Documents can be longer than csv's default 128 KB field limit.
+    csv.field_size_limit(max(csv.field_size_limit(), options.max_bytes))
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    rows = csv.DictReader(text)
+    try:
+        header = rows.fieldnames
+    except UnicodeDecodeError as error:
+        raise Rejected("encoding", f"header is not UTF-8: {error}") from error
+    if not header:
+        raise Rejected("empty", "no header row")
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield Reject(f"{source_uri}#line={rows.line_num}", "parse_error", f"line {rows.line_num}: {error}")
+            continue
+        except UnicodeDecodeError as error:
+            raise Rejected("encoding", f"after line {rows.line_num}: not UTF-8 ({error})") from error
+        where = f"line={rows.line_num}"
+        if None in row:
+            yield Reject(f"{source_uri}#{where}", "parse_error",
+                         f"line {rows.line_num}: more fields than the {len(header)} columns of the header")
+            continue
+        yield record_to_document(row, source_uri, where, "csv", options)
+
+
+def read_parquet(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document | Reject]:
+    parquet = pq.ParquetFile(stream)
+    columns = parquet.schema_arrow.names
+    if options.text_field not in columns:
+        raise Rejected("missing_field", f"no column '{options.text_field}' (columns: {', '.join(columns)})")
+    row = 0
+    for batch in parquet.iter_batches(batch_size=1024):
+        for record in batch.to_pylist():
+            yield record_to_document(record, source_uri, f"row={row}", "parquet", options)
+            row += 1
+
+
+READERS: dict[str, Callable[[BinaryIO, str, ReadOptions], Iterator[Document | Reject]]] = {
+    "txt": read_txt,
+    "md": read_md,
+    "html": read_html,
+    "json": read_json,
+    "jsonl": read_jsonl,
+    "csv": read_csv,
+    "parquet": read_parquet,
+    "pdf": read_pdf,
+    "docx": read_docx,
+}
