@@ -70,10 +70,7 @@ def source_records(source: Source, spec: DatasetSpec, storage: ObjectStore) -> I
             inputs = walk_folder(base / source.path, source.include, source.exclude)
         case S3Source():
             # Same endpoint and keys as the storage resource, another bucket/prefix.
-            bucket = ObjectStore(
-                url=source.url, endpoint_url=storage.endpoint_url, aws_access_key_id=storage.aws_access_key_id,
-                aws_secret_access_key=storage.aws_secret_access_key, region_name=storage.region_name,
-            )
+            bucket = storage.with_url(source.url)
             inputs = walk_filesystem(bucket.fs, bucket.root, source.include, source.exclude)
         case WebSource():
             inputs = fetch_web(

@@ -24,6 +24,11 @@ def build_storage(settings: Settings) -> ObjectStore:
     )
 
 
+def open_storage(settings: Settings) -> ObjectStore:
+    """The storage resource with its secrets resolved, for use outside a Dagster run (CLI, demo)."""
+    return build_storage(settings).process_config_and_initialize()
+
+
 def build_resources(settings: Settings) -> dict[str, object]:
     """The resources for this environment; the stage engineers add theirs here."""
     storage = build_storage(settings)

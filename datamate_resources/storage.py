@@ -61,6 +61,10 @@ class ObjectStore(S3Resource):
     def uri(self, *parts: str) -> str:
         return ("s3://" if self.is_s3 else "file://") + self.path(*parts)
 
+    def with_url(self, url: str) -> "ObjectStore":
+        """The same endpoint and keys at another root, e.g. an S3 source bucket beside the storage."""
+        return self.model_copy(update={"url": url})
+
     def arrow_filesystem(self) -> pa.fs.FileSystem:
         return pa.fs.PyFileSystem(pa.fs.FSSpecHandler(self.fs))
 

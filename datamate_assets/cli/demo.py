@@ -38,7 +38,7 @@ def ensure_dagster_home(datamate_home: Path) -> Path:
 
 def run(args) -> int:
     from datamate_assets.definitions import build_definitions
-    from datamate_resources import build_storage
+    from datamate_resources import open_storage
     from datamate_resources.settings import Settings
 
     settings = Settings.from_env()
@@ -59,7 +59,7 @@ def run(args) -> int:
                 print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}")
         return 1
 
-    storage = build_storage(settings)
+    storage = open_storage(settings)
     print(f"\nAll stages of '{args.dataset}' materialized in {elapsed:.0f}s. Outputs:")
     for key in _materialized(result):
         path = storage.uri(*key.path[:-1], f"{key.path[-1]}.parquet")

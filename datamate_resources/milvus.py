@@ -1,0 +1,442 @@
+"""The `milvus` resource and `KnowledgeBase`, the plain-Python index and search over one dataset's chunks.
+
+Two providers, one code path (pymilvus `MilvusClient`):
+- `local` (embedded default): Milvus Lite, a data directory at `DATAMATE_MILVUS_URI` (default
+  `$DATAMATE_HOME/milvus.db`). Milvus Lite runs inside the Python process and holds an exclusive lock on its
+  directory while open, so only one process can use it at a time. `get_client()` therefore opens it only for
+  the duration of one operation and releases it after; a second process waits up to `lock_wait_seconds`.
+  For concurrent use (the UI's runs and `datamate search` at once), run `milvus-lite server --data-dir DIR
+  --port 19530` and set `DATAMATE_MILVUS_URI=http://127.0.0.1:19530` (the `server` provider).
+- `server`: a Milvus server at a URI, token from `DATAMATE_MILVUS_TOKEN` through `dg.EnvVar`.
+
+BM25 full-text search (for hybrid dense + BM25 retrieval with reciprocal rank fusion) needs Milvus ≥ 2.5 or
+Milvus Lite ≥ 3; older servers (e.g. 2.3) get dense-only collections, said in a log line.
+"""
+
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import dagster as dg
+import pyarrow as pa
+from langchain_core.embeddings import Embeddings
+from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
+from pymilvus.exceptions import MilvusException
+
+log = logging.getLogger("datamate.milvus")
+
+VARCHAR_MAX = 65_535
+DELETE_BATCH = 1_000
+RRF_K = 60
+LAYOUT_PROPERTY = "datamate.layout"
+OUTPUT_FIELDS = ["chunk_id", "doc_id", "text", "source_uri", "position", "headings"]
+
+
+class MilvusUnavailableError(RuntimeError):
+    """Milvus could not be reached or stopped answering; the message names where and what was going on."""
+
+
+def collection_name(dataset: str) -> str:
+    return f"datamate_{dataset}"
+
+
+class MilvusResource(dg.ConfigurableResource):
+    provider: Literal["local", "server"] = "local"
+    path: str | None = None  # Milvus Lite data directory (`local`)
+    uri: str | None = None  # http://host:19530 (`server`)
+    token: str | None = None  # secret: pass dg.EnvVar("DATAMATE_MILVUS_TOKEN")
+    timeout_seconds: float = 30.0  # per call, including pymilvus' own retries
+    lock_wait_seconds: float = 120.0  # how long to wait for another process holding the Milvus Lite directory
+
+    def describe(self) -> str:
+        if self.provider == "local":
+            return f"Milvus Lite at {self.path}"
+        parsed = urlparse(self.uri or "")
+        return f"Milvus server at {parsed.hostname}:{parsed.port or 19530}"
+
+    @contextlib.contextmanager
+    def get_client(self) -> Iterator[MilvusClient]:
+        client = self._connect_local() if self.provider == "local" else self._connect_server()
+        try:
+            yield client
+        finally:
+            client.close()
+            if self.provider == "local":
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self._lite_path())  # frees the lock for other processes
+
+    def _lite_path(self) -> str:
+        if not self.path:
+            raise ValueError("the local Milvus provider needs `path` (DATAMATE_MILVUS_URI or $DATAMATE_HOME/milvus.db)")
+        return str(Path(self.path).resolve())
+
+    def _connect_local(self) -> MilvusClient:
+        path = self._lite_path()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_wait_seconds
+        while True:
+            try:
+                return MilvusClient(uri=path, timeout=self.timeout_seconds, dedicated=True)
+            except MilvusException as error:
+                if time.monotonic() >= deadline:
+                    raise MilvusUnavailableError(
+                        f"{self.describe()} could not be opened: {error.message}. Milvus Lite allows one process "
+                        "per database and another process probably holds it; wait for it, or run "
+                        "`milvus-lite server --data-dir DIR` and set DATAMATE_MILVUS_URI=http://127.0.0.1:19530"
+                    ) from error
+                time.sleep(1.0)
+
+    def _connect_server(self) -> MilvusClient:
+        try:
+            return MilvusClient(uri=self.uri, token=self.token or "", timeout=self.timeout_seconds, dedicated=True)
+        except MilvusException as error:
+            raise MilvusUnavailableError(
+                f"{self.describe()} is unreachable: {error.message} (check DATAMATE_MILVUS_URI and that the "
+                "server is running)"
+            ) from error
+
+
+def build_milvus(settings) -> MilvusResource:
+    """The resource for `datamate_resources.settings.Settings` (token by reference only)."""
+    from datamate_resources import optional_env
+
+    if settings.milvus_provider == "local":
+        return MilvusResource(provider="local", path=settings.milvus_uri)
+    return MilvusResource(provider="server", uri=settings.milvus_uri, token=optional_env("DATAMATE_MILVUS_TOKEN"))
+
+
+def supports_bm25(client: MilvusClient) -> bool:
+    """BM25 functions arrived in Milvus 2.5; Milvus Lite has them from 3.0."""
+    version = client.get_server_version()
+    numbers = [int(n) for n in re.findall(r"\d+", version)[:2]]
+    if version.startswith("milvus_lite"):
+        return numbers >= [3, 0]
+    return numbers >= [2, 5]
+
+
+def index_params_for(index_type: str, rows: int) -> dict:
+    """Build parameters suited to the collection size (HNSW: graph degree; IVF: ~4·√n clusters)."""
+    if index_type == "HNSW":
+        return {"M": 16, "efConstruction": 200}
+    if index_type.startswith("IVF"):
+        return {"nlist": max(16, min(4096, int(4 * max(rows, 1) ** 0.5)))}
+    return {}
+
+
+def search_params_for(index_type: str, k: int) -> dict:
+    if index_type == "HNSW":
+        return {"ef": max(64, k)}
+    if index_type.startswith("IVF"):
+        return {"nprobe": 16}
+    return {}
+
+
+@dataclass
+class Layout:
+    """What a collection was built with; stored as a collection property so a change rebuilds it."""
+
+    model: str
+    dim: int
+    hybrid: bool
+    index_type: str
+    index_params: dict = field(default_factory=dict)
+
+    def same_vectors(self, other: "Layout") -> bool:
+        return (self.model, self.dim, self.hybrid, self.index_type) == (
+            other.model, other.dim, other.hybrid, other.index_type
+        )
+
+
+@dataclass
+class SyncReport:
+    chunks: int = 0
+    vectors: int = 0
+    embedded: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    rebuilt: bool = False
+    layout: Layout | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.embedded or self.deleted or self.rebuilt)
+
+
+class KnowledgeBase:
+    """One dataset's chunks in one Milvus collection: idempotent sync by chunk_id, and search."""
+
+    def __init__(
+        self,
+        client: MilvusClient,
+        dataset: str,
+        embeddings: Embeddings,
+        model_name: str,
+        *,
+        where: str = "Milvus",
+        timeout: float = 30.0,
+        logger: logging.Logger | dg.DagsterLogManager | None = None,
+    ):
+        self.client = client
+        self.name = collection_name(dataset)
+        self.embeddings = embeddings
+        self.model_name = model_name
+        self.where = where
+        self.timeout = timeout
+        self.log = logger or log
+
+    # --- helpers --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _milvus(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except MilvusException as error:
+            raise MilvusUnavailableError(
+                f"{self.where}: {doing} in collection {self.name} failed: {error.message}. "
+                "Chunks already stored are kept; materializing again resumes without re-embedding them."
+            ) from error
+
+    def exists(self) -> bool:
+        with self._milvus("checking the collection"):
+            return self.client.has_collection(self.name, timeout=self.timeout)
+
+    def layout(self) -> Layout | None:
+        if not self.exists():
+            return None
+        with self._milvus("describing"):
+            properties = self.client.describe_collection(self.name, timeout=self.timeout).get("properties") or {}
+        try:
+            return Layout(**json.loads(properties[LAYOUT_PROPERTY]))
+        except (KeyError, ValueError, TypeError):
+            return None  # not made by DataMate: treated as a different layout
+
+    def _load(self) -> None:
+        """A server loads collections into memory on request only (e.g. not after a restart); idempotent."""
+        with self._milvus("loading the collection"):
+            self.client.load_collection(self.name, timeout=self.timeout)
+
+    def count(self) -> int:
+        with self._milvus("counting"):
+            rows = self.client.query(self.name, filter="", output_fields=["count(*)"], timeout=self.timeout)
+        return int(rows[0]["count(*)"])
+
+    def chunk_ids(self) -> list[str]:
+        """Every stored chunk_id (duplicates included, so a caller can check there are none)."""
+        ids: list[str] = []
+        with self._milvus("listing chunk ids"):
+            iterator = self.client.query_iterator(
+                self.name, batch_size=5_000, filter="", output_fields=["chunk_id"], timeout=self.timeout
+            )
+            while batch := iterator.next():
+                ids.extend(row["chunk_id"] for row in batch)
+            iterator.close()
+        return ids
+
+    def _create(self, layout: Layout) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
+        schema.add_field("text", DataType.VARCHAR, max_length=VARCHAR_MAX, enable_analyzer=layout.hybrid)
+        schema.add_field("position", DataType.INT64)
+        schema.add_field("headings", DataType.VARCHAR, max_length=VARCHAR_MAX)
+        schema.add_field("source_uri", DataType.VARCHAR, max_length=4_096)
+        schema.add_field("recipe_hash", DataType.VARCHAR, max_length=128)
+        schema.add_field("dense", DataType.FLOAT_VECTOR, dim=layout.dim)
+        index_params = self.client.prepare_index_params()
+        index_params.add_index(
+            "dense", index_type=layout.index_type, metric_type="COSINE", params=layout.index_params
+        )
+        if layout.hybrid:
+            schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(
+                Function(name="text_bm25", function_type=FunctionType.BM25, input_field_names=["text"],
+                         output_field_names=["sparse"])
+            )
+            index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        with self._milvus("creating the collection"):
+            # Strong consistency: a count or search right after an upsert sees it (the 2.3 server is Bounded).
+            self.client.create_collection(
+                self.name, schema=schema, index_params=index_params, consistency_level="Strong",
+                properties={LAYOUT_PROPERTY: json.dumps(asdict(layout))}, timeout=self.timeout,
+            )
+
+    def _rows(self, chunks: list[dict], vectors: list[list[float]]) -> list[dict]:
+        rows = []
+        for chunk, vector in zip(chunks, vectors, strict=True):
+            if len(chunk["text"].encode()) > VARCHAR_MAX:
+                raise ValueError(
+                    f"chunk {chunk['chunk_id']} of document {chunk['doc_id']} ({chunk.get('source_uri')}) is over "
+                    f"{VARCHAR_MAX} bytes; lower index.chunk_size"
+                )
+            rows.append(
+                {
+                    "chunk_id": chunk["chunk_id"],
+                    "doc_id": chunk["doc_id"],
+                    "text": chunk["text"],
+                    "position": int(chunk.get("position") or 0),
+                    "headings": chunk.get("headings") or "[]",
+                    "source_uri": chunk.get("source_uri") or "",
+                    "recipe_hash": chunk.get("recipe_hash") or "",
+                    "dense": vector,
+                }
+            )
+        return rows
+
+    # --- indexing -------------------------------------------------------------------------------------
+    def sync(
+        self,
+        chunks: pa.Table,
+        *,
+        index_type: str = "HNSW",
+        hybrid: bool = True,
+        batch_size: int = 256,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> SyncReport:
+        """Make the collection hold exactly these chunks: embed and upsert new ones, delete stale ones."""
+        report = SyncReport(chunks=chunks.num_rows)
+        started = time.perf_counter()
+        with self._milvus("connecting"):
+            bm25 = hybrid and supports_bm25(self.client)
+        if hybrid and not bm25:
+            self.log.info(f"{self.where} has no BM25 full-text search (needs Milvus ≥ 2.5): dense-only index")
+        dim = len(self.embeddings.embed_query("dimension probe"))
+        wanted = Layout(self.model_name, dim, bm25, index_type, index_params_for(index_type, chunks.num_rows))
+        current = self.layout()
+        if current is not None and not current.same_vectors(wanted):
+            self.log.warning(f"collection {self.name} was built with {current}; rebuilding it for {wanted}")
+            with self._milvus("dropping the old collection"):
+                self.client.drop_collection(self.name, timeout=self.timeout)
+            report.rebuilt = True
+            current = None
+        if current is None:
+            self._create(wanted)
+            current = wanted
+        self._load()
+        report.layout = current
+        report.seconds["prepare"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        stored = set(self.chunk_ids())
+        rows = chunks.select([c for c in chunks.column_names if c in {*OUTPUT_FIELDS, "recipe_hash"}]).to_pylist()
+        wanted_ids = {row["chunk_id"] for row in rows}
+        new = [row for row in rows if row["chunk_id"] not in stored]
+        stale = sorted(stored - wanted_ids)
+        report.unchanged = len(wanted_ids & stored)
+        report.seconds["diff"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        for start in range(0, len(stale), DELETE_BATCH):
+            batch = stale[start : start + DELETE_BATCH]
+            with self._milvus("deleting stale chunks"):
+                self.client.delete(self.name, filter=f"chunk_id in {json.dumps(batch)}", timeout=self.timeout)
+        report.deleted = len(stale)
+        report.seconds["delete"] = time.perf_counter() - started
+
+        report.seconds["embed"], report.seconds["upsert"] = self._embed_and_upsert(new, batch_size, on_progress)
+        report.embedded = len(new)
+
+        started = time.perf_counter()
+        report.vectors = self.count()
+        report.seconds["verify"] = time.perf_counter() - started
+        if report.vectors != len(wanted_ids):
+            raise RuntimeError(
+                f"{self.where}: collection {self.name} holds {report.vectors} vectors for {len(wanted_ids)} chunks"
+            )
+        return report
+
+    def _embed_and_upsert(
+        self, chunks: list[dict], batch_size: int, on_progress: Callable[[int, int], None] | None
+    ) -> tuple[float, float]:
+        """Embed batch i+1 while batch i is upserted, so Milvus time hides behind the model's."""
+        embed_seconds = upsert_seconds = 0.0
+
+        def upsert(rows: list[dict]) -> float:
+            began = time.perf_counter()
+            with self._milvus("upserting chunks"):
+                self.client.upsert(self.name, rows, timeout=self.timeout)
+            return time.perf_counter() - began
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = None
+            for start in range(0, len(chunks), batch_size):
+                batch = chunks[start : start + batch_size]
+                began = time.perf_counter()
+                vectors = self.embeddings.embed_documents([c["text"] for c in batch])
+                embed_seconds += time.perf_counter() - began
+                if pending is not None:
+                    upsert_seconds += pending.result()
+                pending = pool.submit(upsert, self._rows(batch, vectors))
+                if on_progress:
+                    on_progress(start + len(batch), len(chunks))
+            if pending is not None:
+                upsert_seconds += pending.result()
+        return embed_seconds, upsert_seconds
+
+    # --- retrieval ------------------------------------------------------------------------------------
+    def search(self, queries: list[str], k: int = 5) -> list[list[dict]]:
+        """Top-k hits per query (chunk_id, doc_id, text, source_uri, position, headings, score).
+
+        Hybrid collections fuse dense and BM25 rankings with reciprocal rank fusion (score = RRF score);
+        dense-only collections return cosine similarity as score.
+        """
+        layout = self.layout()
+        if layout is None:
+            raise LookupError(f"{self.where} has no collection {self.name}: materialize its `indexed` asset first")
+        self._load()
+        vectors = self.embeddings.embed_documents(queries) if queries else []
+        dense_params = {"metric_type": "COSINE", "params": search_params_for(layout.index_type, k)}
+        with self._milvus("searching"):
+            if layout.hybrid:
+                results = [
+                    self.client.hybrid_search(
+                        self.name,
+                        [
+                            AnnSearchRequest([vector], "dense", dense_params, limit=k),
+                            AnnSearchRequest([query], "sparse", {"metric_type": "BM25"}, limit=k),
+                        ],
+                        RRFRanker(RRF_K),
+                        limit=k,
+                        output_fields=OUTPUT_FIELDS,
+                        timeout=self.timeout,
+                    )[0]
+                    for query, vector in zip(queries, vectors, strict=True)
+                ]
+            else:
+                results = self.client.search(
+                    self.name, data=vectors, anns_field="dense", search_params=dense_params, limit=k,
+                    output_fields=OUTPUT_FIELDS, timeout=self.timeout,
+                )
+        return [
+            [{**{f: hit["entity"].get(f) for f in OUTPUT_FIELDS}, "score": float(hit["distance"])} for hit in hits]
+            for hits in results
+        ]
+
+
+@contextlib.contextmanager
+def open_knowledge_base(dataset: str, settings=None) -> Iterator[KnowledgeBase]:
+    """The Python search API outside Dagster, configured from the environment like the code location:
+
+        with open_knowledge_base("debian_docs") as kb:
+            hits = kb.search(["How do I pin a package version?"], k=5)[0]
+    """
+    from datamate_resources.embeddings import build_embeddings
+    from datamate_resources.settings import Settings
+
+    settings = settings or Settings.from_env()
+    # process_config_and_initialize resolves dg.EnvVar secrets the way a Dagster run does.
+    milvus = build_milvus(settings).process_config_and_initialize()
+    embeddings = build_embeddings(settings).process_config_and_initialize()
+    with milvus.get_client() as client:
+        yield KnowledgeBase(
+            client, dataset, embeddings.get_embeddings(), embeddings.model_name,
+            where=milvus.describe(), timeout=milvus.timeout_seconds,
+        )
