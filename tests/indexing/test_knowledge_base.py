@@ -1,0 +1,99 @@
+"""The knowledge base on both deployments: Milvus Lite (hybrid) and the Milvus 2.3 server (dense only)."""
+
+import json
+import logging
+
+import pytest
+
+from datamate_resources.milvus import KnowledgeBase, MilvusResource, MilvusUnavailableError
+from operators.chunking import ChunkingConfig, chunk_documents
+from tests.indexing.conftest import DOCS
+
+CONFIG = ChunkingConfig("recursive", 200, 0)
+
+
+def chunks_of(docs: dict[str, str]):
+    rows = [{"doc_id": d, "text": t, "source_uri": f"file:///{d}.txt", "recipe_hash": "r1"} for d, t in docs.items()]
+    return chunk_documents(rows, CONFIG).chunks
+
+
+class CountingEmbeddings:
+    """The real model, counting what it is asked to embed (to prove unchanged chunks are not re-embedded)."""
+
+    def __init__(self, inner):
+        self.inner, self.documents = inner, 0
+
+    def embed_documents(self, texts):
+        self.documents += len(texts)
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text):
+        return self.inner.embed_query(text)
+
+
+@pytest.fixture(params=["lite", "server"])
+def milvus(request, lite) -> MilvusResource:
+    if request.param == "lite":
+        return lite
+    return MilvusResource(provider="server", uri=request.getfixturevalue("server_uri"), timeout_seconds=20)
+
+
+def test_sync_is_idempotent_and_follows_document_changes(milvus, embeddings, request, caplog):
+    dataset = f"kb_{request.node.callspec.id}"
+    counting = CountingEmbeddings(embeddings.get_embeddings())
+    first = chunks_of(DOCS)
+    with milvus.get_client() as client:
+        kb = KnowledgeBase(client, dataset, counting, embeddings.model_name, where=milvus.describe())
+        if kb.exists():
+            client.drop_collection(kb.name)
+        with caplog.at_level(logging.INFO, logger="datamate.milvus"):
+            report = kb.sync(first)
+        assert (report.embedded, report.vectors, report.chunks) == (first.num_rows, first.num_rows, first.num_rows)
+        hybrid = milvus.provider == "local"
+        assert report.layout.hybrid is hybrid
+        assert ("no BM25 full-text search" in caplog.text) is not hybrid  # the 2.3 server degrades, and says so
+
+        counting.documents = 0
+        again = kb.sync(first)
+        assert not again.changed and counting.documents == 0 and again.vectors == first.num_rows
+
+        # One document changed, one removed: only the changed one's new chunks are embedded.
+        changed = {**DOCS, "ssh": DOCS["ssh"].replace("port 22", "port 2222")}
+        del changed["boot"]
+        second = chunks_of(changed)
+        report = kb.sync(second)
+        new_ids = set(second["chunk_id"].to_pylist()) - set(first["chunk_id"].to_pylist())
+        assert report.embedded == counting.documents == len(new_ids) > 0
+        assert report.deleted == first.num_rows - (second.num_rows - len(new_ids))
+        stored = kb.chunk_ids()
+        assert sorted(stored) == sorted(second["chunk_id"].to_pylist())  # no duplicates, nothing stale
+
+        hits = kb.search(["Which port does the SSH server listen on?", "how to add a package"], k=3)
+        assert hits[0][0]["doc_id"] == "ssh" and "2222" in hits[0][0]["text"]
+        assert hits[1][0]["doc_id"] == "apt"
+        assert set(hits[0][0]) == {"chunk_id", "doc_id", "text", "source_uri", "position", "headings", "score"}
+        assert json.loads(hits[0][0]["headings"]) == []
+
+
+def test_a_new_embedding_model_rebuilds_the_collection(lite, embeddings):
+    chunks = chunks_of({"apt": DOCS["apt"]})
+    with lite.get_client() as client:
+        KnowledgeBase(client, "rebuild", embeddings.get_embeddings(), "model-a").sync(chunks, index_type="FLAT")
+        report = KnowledgeBase(client, "rebuild", embeddings.get_embeddings(), "model-b").sync(chunks)
+    assert report.rebuilt and report.embedded == chunks.num_rows
+    assert (report.layout.model, report.layout.index_type) == ("model-b", "HNSW")
+
+
+def test_search_on_a_missing_collection_says_what_to_do(lite, embeddings):
+    with lite.get_client() as client, pytest.raises(LookupError, match="materialize its `indexed` asset"):
+        KnowledgeBase(client, "nothing", embeddings.get_embeddings(), embeddings.model_name).search(["q"])
+
+
+def test_unreachable_server_is_named(embeddings):
+    from tests.servers import free_port
+
+    port = free_port()
+    milvus = MilvusResource(provider="server", uri=f"http://127.0.0.1:{port}", timeout_seconds=3)
+    with pytest.raises(MilvusUnavailableError, match=f"Milvus server at 127.0.0.1:{port} is unreachable"):
+        with milvus.get_client():
+            pass
