@@ -18,6 +18,8 @@ from datamate_resources.settings import Settings
 # Each module exposes build_defs(spec) -> dg.Definitions for one dataset (empty when its section is absent).
 STAGE_MODULES = [
     "datamate_assets.collection",
+    "datamate_assets.cleaning",
+    "datamate_assets.indexing",
 ]
 
 log = logging.getLogger("datamate")

@@ -5,6 +5,7 @@ import dagster as dg
 from datamate_resources.embeddings import build_embeddings
 from datamate_resources.io_manager import ParquetIOManager
 from datamate_resources.milvus import build_milvus
+from datamate_resources.ray import build_ray
 from datamate_resources.settings import Settings
 from datamate_resources.storage import ObjectStore
 
@@ -39,4 +40,5 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "io_manager": ParquetIOManager(storage=storage),
         "milvus": build_milvus(settings),
         "embeddings": build_embeddings(settings),
+        "ray": build_ray(settings.ray_address),
     }

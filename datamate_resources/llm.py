@@ -50,6 +50,7 @@ from datamate_resources.storage import ObjectStore
 
 PACKAGED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_PREFIX = ("_cache", "llm")
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 Schema = TypeVar("Schema", bound=BaseModel)
 MessagesLike = Sequence[BaseMessage | tuple[str, str] | dict[str, Any]]
 
@@ -157,7 +158,11 @@ def _compile(loaded: _LoadedModel, response_format: dict) -> Any:
         return loaded.compiler.compile_builtin_json_grammar()
     if kind == "json_schema":
         schema = response_format["json_schema"]["schema"]
-        return loaded.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
+        try:
+            return loaded.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False)
+        except RuntimeError as exc:  # xgrammar's message says which keyword or pattern it cannot handle
+            reason = [line for line in str(exc).splitlines() if line.strip()][-1]
+            raise ValueError(f"response_format schema cannot be enforced: {reason}") from exc
     raise ValueError(f"response_format type {kind!r} is not supported (json_object or json_schema)")
 
 
@@ -347,6 +352,8 @@ class LLMClient:
             except (openai.APIError, ValueError) as exc:
                 # The SDK already retried 429/5xx/timeouts; this is what is left, or a body that isn't JSON.
                 error = f"{type(exc).__name__}: {str(exc)[:300]}"
+                if isinstance(exc, openai.APIStatusError) and exc.status_code not in RETRYABLE_STATUS:
+                    break  # the request itself is wrong (400, 401, 404, …): asking again cannot help
                 time.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
                 continue
             self._count(reply, time.perf_counter() - started)
@@ -363,7 +370,7 @@ class LLMClient:
             self._cache_put(key, value)
             return StructuredResult(key, value, attempts=attempt)
         self.usage.add(failures=1)
-        return StructuredResult(key, None, error=error, attempts=self.resource.max_retries + 1)
+        return StructuredResult(key, None, error=error, attempts=attempt)
 
     def _count(self, reply: BaseMessage, seconds: float) -> None:
         usage = getattr(reply, "usage_metadata", None) or {}

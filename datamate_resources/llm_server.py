@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     app = build_app(resource)
     chat = resource.chat_model()
     chat.invoke("Hi", max_tokens=1)  # load the weights before accepting requests
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,209 @@
+"""Cleaning benchmark: `python -m bench.cleaning [--sizes 10000,100000] [--num-proc 2] [--data-juicer]`.
+
+On a synthetic web corpus with planted exact and near duplicates (bench/corpus.py), in one run:
+1. near-dedup: our MinHash + LSH vs datasketch's MinHashLSH with the same num_perm/bands/rows, speed ratio and
+   precision/recall of both against exact Jaccard (over planted pairs and every pair either method reports);
+2. the web-cleaning recipe (bench/web_recipe.yaml) at each size: docs/s and peak memory (each size in its own
+   process, so peak RSS is that size's);
+3. with --data-juicer: the same recipe with Data-Juicer (bench/.venv-dj, created here) on the same data and the
+   same number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+DATA = BENCH / ".data"
+RECIPE = BENCH / "web_recipe.yaml"
+DJ_VENV = BENCH / ".venv-dj"
+THRESHOLD, NUM_PERM = 0.7, 256
+
+
+def shingle_set(text: str, window: int = 5) -> set[bytes]:
+    tokens = [t for t in text.lower().split(" ") if t]
+    if len(tokens) < window:
+        return {" ".join(tokens).encode()}
+    return {" ".join(tokens[i:i + window]).encode() for i in range(len(tokens) - window + 1)}
+
+
+def near_dedup_comparison(n_docs: int) -> dict:
+    from datasketch import MinHash, MinHashLSH
+
+    from bench.corpus import load_or_generate
+    from operators import build_operator
+
+    corpus = load_or_generate(n_docs, DATA)
+    texts = corpus.table.column("text").to_pylist()
+    op = build_operator("document_minhash_deduplicator", {"jaccard_threshold": THRESHOLD,
+                                                           "num_permutations": NUM_PERM})
+    started = time.perf_counter()
+    fps = np.concatenate([op.fingerprint_batch(texts[i:i + 5000]) for i in range(0, len(texts), 5000)])
+    first, other = op.candidate_pairs(fps, np.arange(len(texts)))
+    verified = op.verify(fps[first], fps[other])
+    ours_seconds = time.perf_counter() - started
+    ours = set(zip(first[verified].tolist(), other[verified].tolist(), strict=True))
+
+    started = time.perf_counter()
+    lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM, params=(op.bands, op.rows))
+    hashes = []
+    for i, text in enumerate(texts):
+        minhash = MinHash(num_perm=NUM_PERM, seed=42)
+        minhash.update_batch(list(shingle_set(text)))
+        lsh.insert(i, minhash)
+        hashes.append(minhash)
+    theirs = {(min(i, j), max(i, j)) for i, m in enumerate(hashes) for j in lsh.query(m) if j != i}
+    datasketch_seconds = time.perf_counter() - started
+
+    # Ground truth: exact Jaccard of every planted pair and every pair either method reports. Our pairs link
+    # each document to the first of its bucket, so pairs are compared as connected components.
+    planted = {tuple(p) for p in corpus.near_pairs.tolist()}
+    universe = {p for p in planted | ours | theirs if texts[p[0]] != texts[p[1]]}
+    cache: dict[int, set] = {}
+
+    def exact(i: int, j: int) -> float:
+        a = cache.setdefault(i, shingle_set(texts[i]))
+        b = cache.setdefault(j, shingle_set(texts[j]))
+        return len(a & b) / len(a | b)
+
+    truth = {p for p in universe if exact(*p) >= THRESHOLD}
+    ours_components = _components(ours)
+    ours_says = {p for p in universe if ours_components.get(p[0], -1) == ours_components.get(p[1], -2)}
+
+    def score(predicted: set) -> dict:
+        hits = len(predicted & truth)
+        return {"precision": round(hits / max(1, len(predicted)), 4), "recall": round(hits / max(1, len(truth)), 4)}
+
+    return {
+        "docs": n_docs, "bands": op.bands, "rows": op.rows, "true_pairs": len(truth),
+        "ours_seconds": round(ours_seconds, 2), "datasketch_seconds": round(datasketch_seconds, 2),
+        "speedup": round(datasketch_seconds / ours_seconds, 1),
+        "ours": score(ours_says & universe), "datasketch": score(theirs & universe),
+    }
+
+
+def _components(pairs: set) -> dict[int, int]:
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        parent[find(a)] = find(b)
+    return {x: find(x) for x in list(parent)}
+
+
+def run_recipe(n_docs: int, num_proc: int) -> dict:
+    """One size, in this process: prints a JSON line with docs/s and peak RSS."""
+    import pyarrow.parquet as pq
+
+    from bench.corpus import load_or_generate
+    from operators.recipe import Recipe, run_local
+
+    load_or_generate(n_docs, DATA)
+    table = pq.read_table(DATA / f"corpus-{n_docs}-0.parquet")
+    recipe = Recipe.load(RECIPE)
+    started = time.perf_counter()
+    result = run_local(recipe, table, num_proc=num_proc)
+    seconds = time.perf_counter() - started
+    return {"docs": n_docs, "seconds": round(seconds, 1), "docs_per_s": round(n_docs / seconds),
+            "kept": result.kept.num_rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            "operators": len(recipe.operators)}
+
+
+DJ_RECIPE_DROP = {"document_line_deduplicator"}  # no Data-Juicer equivalent: left out of both runs for parity
+DJ_RENAME = {"collapse_whitespace": None}  # our extra parameters Data-Juicer does not know
+
+
+def data_juicer_recipe(n_docs: int, num_proc: int, out: Path) -> Path:
+    import yaml
+
+    process = []
+    for step in yaml.safe_load(RECIPE.read_text())["process"]:
+        (name, params), = step.items()
+        if name in DJ_RECIPE_DROP:
+            continue
+        params = {k: v for k, v in (params or {}).items() if k not in DJ_RENAME and k != "verify"}
+        process.append({name: params})
+    source = DATA / f"corpus-{n_docs}-0.jsonl"
+    if not source.exists():
+        import pyarrow.parquet as pq
+
+        with source.open("w") as handle:
+            for row in pq.read_table(DATA / f"corpus-{n_docs}-0.parquet", columns=["doc_id", "text"]).to_pylist():
+                handle.write(json.dumps(row) + "\n")
+    config = out / f"dj-{n_docs}.yaml"
+    config.write_text(yaml.safe_dump({
+        "project_name": "bench", "dataset_path": str(source), "export_path": str(out / f"dj-{n_docs}.jsonl"),
+        "np": num_proc, "text_keys": "text", "open_tracer": False, "use_cache": False, "process": process,
+    }))
+    return config
+
+
+def data_juicer(n_docs: int, num_proc: int) -> dict:
+    if not (DJ_VENV / "bin" / "dj-process").exists():
+        subprocess.run(["uv", "venv", "-q", "-p", "3.11", str(DJ_VENV)], check=True)
+        install = subprocess.run(["uv", "pip", "install", "-p", str(DJ_VENV / "bin" / "python"), "py-data-juicer",
+                                  "aiohttp"],
+                                 capture_output=True, text=True)
+        if install.returncode != 0:
+            return {"docs": n_docs, "error": "py-data-juicer could not be installed: " + install.stderr[-800:]}
+    DATA.mkdir(exist_ok=True)
+    config = data_juicer_recipe(n_docs, num_proc, DATA)
+    started = time.perf_counter()
+    run = subprocess.run([str(DJ_VENV / "bin" / "dj-process"), "--config", str(config)], capture_output=True,
+                         text=True)
+    seconds = time.perf_counter() - started
+    if run.returncode != 0:
+        return {"docs": n_docs, "error": "dj-process failed: " + run.stderr[-800:]}
+    return {"docs": n_docs, "seconds": round(seconds, 1), "docs_per_s": round(n_docs / seconds)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000", help="Corpus sizes for the recipe (comma separated)")
+    parser.add_argument("--near-dedup-docs", type=int, default=100000)
+    parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument("--data-juicer", action="store_true", help="Also run Data-Juicer (own venv)")
+    parser.add_argument("--only-recipe", type=int, help=argparse.SUPPRESS)  # internal: one size, one process
+    args = parser.parse_args(argv)
+    if args.only_recipe:
+        print(json.dumps(run_recipe(args.only_recipe, args.num_proc)))
+        return 0
+
+    report = {"near_dedup": near_dedup_comparison(args.near_dedup_docs)}
+    print("near-dedup:", json.dumps(report["near_dedup"]), flush=True)
+    report["recipe"] = []
+    for size in map(int, args.sizes.split(",")):
+        line = subprocess.run([sys.executable, "-m", "bench.cleaning", "--only-recipe", str(size),
+                               "--num-proc", str(args.num_proc)], capture_output=True, text=True, check=True,
+                              cwd=BENCH.parent).stdout.strip().splitlines()[-1]
+        report["recipe"].append(json.loads(line))
+        print("recipe:", line, flush=True)
+        if args.data_juicer:
+            theirs = data_juicer(size, args.num_proc)
+            report.setdefault("data_juicer", []).append(theirs)
+            ours = report["recipe"][-1]
+            ratio = f", ratio {ours['docs_per_s'] / theirs['docs_per_s']:.2f}x" if "docs_per_s" in theirs else ""
+            print("data-juicer:", json.dumps(theirs) + ratio, flush=True)
+    sizes = report["recipe"]
+    if len(sizes) > 1:
+        per_doc = [s["seconds"] / s["docs"] for s in sizes]
+        print(f"linearity: seconds/doc at {sizes[-1]['docs']} vs {sizes[0]['docs']}: {per_doc[-1] / per_doc[0]:.2f}x")
+    (DATA / "report.json").write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

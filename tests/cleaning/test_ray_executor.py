@@ -1,0 +1,52 @@
+"""The Ray executor (local Ray started in-process) gives exactly the local executor's output."""
+
+import pyarrow as pa
+import pytest
+
+from bench.corpus import generate
+from datamate_resources.ray import DatamateRay, RayUnreachableError
+from operators.recipe import Recipe, run_local, run_ray
+
+PROCESS = [
+    {"clean_html_mapper": {}},
+    {"clean_email_mapper": {}},
+    {"text_length_filter": {"min_len": 100}},
+    {"document_deduplicator": {"lowercase": True, "collapse_whitespace": True}},
+    {"document_minhash_deduplicator": {"jaccard_threshold": 0.7}},
+    {"document_simhash_deduplicator": {}},
+    {"document_line_deduplicator": {}},
+]
+
+
+def test_unreachable_cluster_is_a_clear_error():
+    """Runs before the local Ray fixture starts (an initialized Ray would be reused)."""
+    import dagster as dg
+
+    resource = DatamateRay(address="ray://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(RayUnreachableError, match=r"127\.0\.0\.1:9.*DATAMATE_RAY_ADDRESS"):
+        resource.connect(dg.build_init_resource_context())
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_and_local_executors_agree(local_ray):
+    corpus = generate(600, seed=3)
+    table = corpus.table.append_column("extra", pa.array(range(corpus.table.num_rows)))
+    recipe = Recipe.from_process(PROCESS)
+    local = run_local(recipe, table)
+    distributed = run_ray(recipe, table, num_blocks=3)
+    assert local.kept.equals(distributed.kept)
+    assert local.drops.equals(distributed.drops)
+    assert [(s.docs_in, s.dropped, s.changed) for s in local.stats] == \
+        [(s.docs_in, s.dropped, s.changed) for s in distributed.stats]
+    by_operator = set(local.drops.column("operator").to_pylist())
+    assert {"text_length_filter", "document_deduplicator", "document_minhash_deduplicator"} <= by_operator
+    assert local.kept.num_rows + local.drops.num_rows == table.num_rows
