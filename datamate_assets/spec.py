@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from operators.registry import OperatorConfigError, build_operator
+
 DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -203,10 +205,46 @@ def load_spec(path: Path) -> DatasetSpec:
     try:
         spec = DatasetSpec.model_validate(raw)
     except ValidationError as error:
-        raise SpecFileError(
-            [SpecError(path, _field_path(e["loc"]), e["msg"]) for e in error.errors()]
-        ) from error
+        errors = [SpecError(path, _field_path(e["loc"]), e["msg"]) for e in error.errors()]
+        raise SpecFileError(errors + recipe_errors(path, raw)) from error
+    errors = recipe_errors(path, raw)
+    if errors:
+        raise SpecFileError(errors)
     return spec.model_copy(update={"spec_path": path})
+
+
+def recipe_errors(path: Path, raw: dict[str, Any]) -> list[SpecError]:
+    """Build every operator of `cleaning.process` and `synthesis.process` the way their stages will, so an unknown
+    operator or a bad parameter is a spec mistake (`datamate validate`), not a failure of the first run.
+    Steps of the wrong shape are left to the models, which report them."""
+    errors = []
+    for section in ("cleaning", "synthesis"):
+        settings = raw.get(section)
+        steps = settings.get("process") if isinstance(settings, dict) else None
+        if not isinstance(steps, list):
+            continue
+        # The synthesis stage runs its operators on the joined question and answer (see synthesis.py).
+        text_key = settings.get("text_key", "text") if section == "cleaning" else "text"
+        for index, step in enumerate(steps):
+            if not (isinstance(step, dict) and len(step) == 1):
+                continue
+            (name, params), = step.items()
+            if not isinstance(name, str) or not (params is None or isinstance(params, dict)):
+                continue
+            where = f"{section}.process[{index}]"
+            try:
+                operator = build_operator(name, params, text_key=text_key if isinstance(text_key, str) else "text")
+            except OperatorConfigError as error:
+                errors.append(SpecError(path, where, str(error)))
+                continue
+            except TypeError as error:  # e.g. a parameter name that is not a string
+                errors.append(SpecError(path, where, f"operator {name!r}: {error}"))
+                continue
+            if section == "synthesis" and operator.kind == "mapper":
+                # A mapper would rewrite the joined text, which cannot be split back into question and answer.
+                errors.append(SpecError(path, where, f"{name} is a mapper; synthesis.process takes filters and "
+                                                     "deduplicators only"))
+    return errors
 
 
 class SpecFileError(ValueError):

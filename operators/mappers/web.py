@@ -63,10 +63,21 @@ class CleanEmailMapper(_PatternMapper):
 class CleanLinksMapper(_PatternMapper):
     """Remove or replace URLs and other web links."""
 
+    # Data-Juicer's pattern with the same matches (checked by fuzzing against it), rewritten so that it runs in
+    # linear time: each alternative is tried only at the one start in a run of letters/dots where Data-Juicer's
+    # first (and deciding) attempt would be, the bare domain is read possessively (no backtracking, then a
+    # look-behind for the ".com" part), and the URL body repeats single characters instead of nesting `+`.
+    # Data-Juicer's version takes 31 s on "a." * 4000 (cubic backtracking).
     default_pattern = (
         r"(?i)\b("
-        r"(?:[a-z][\w-]+:(?:\/{1,3}|[a-z0-9%])|www\d{0,3}[.]|[a-z0-9.\-]+[.][a-z]{2,4}\/)"
-        r"(?:[^\s()<>]+|\(([^\s()<>]+|(\([^\s()<>]+\)))*\))"
+        # "http:", "ftp://": only at the first letter of a [\w-] run that could start a scheme
+        r"(?:(?=[a-z])(?<!\b[a-z][\w-]*?)[a-z][\w-]+:(?:\/{1,3}|[a-z0-9%])"
+        r"|www\d{0,3}[.]"
+        # "example.com/": only at the start of a run (or after a word character the run is glued to);
+        # the run is X.tld with X not empty, followed by "/"
+        r"|(?:(?<![a-z0-9][.\-]*)|(?<=[^\W0-9a-z][0-9a-z]+))"
+        r"(?![.][a-z]{2,4}\/)(?=[a-z0-9\-]*+[.])[a-z0-9.\-]++(?<=[.][a-z]{2,4})\/)"
+        r"(?:[^\s()<>]|\(([^\s()<>]+|(\([^\s()<>]+\)))*\))"
         r"+(?:\(([^\s()<>]+|(\([^\s()<>]+\)))*\)|[^\s`!()\[\]{};:\'\".,<>?«»“”‘’])"
         r")"
     )

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import posixpath
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -89,22 +90,58 @@ def read_limited(stream: BinaryIO, max_bytes: int) -> bytes:
     return data
 
 
-def decode_text(data: bytes) -> tuple[str, str]:
-    """(text, encoding): UTF-8 (or a BOM's encoding) first, else charset-normalizer's best guess."""
+# Tried when a file is not UTF-8; on a tie (short texts fit several), the earlier one wins: Western European
+# first, then Chinese, then the other common CJK and Cyrillic code pages. Rarer code pages (cp775, cp1250, ...)
+# are left out because charset-normalizer picks them for short Latin-1 text ("Résumé" → "Rķsumķ").
+LEGACY_ENCODINGS = ("cp1252", "gb18030", "big5", "shift_jis", "euc_jp", "euc_kr", "cp1251", "koi8_r")
+FALLBACK_LINES_KEPT = 20  # line numbers listed in the metadata of a mostly-UTF-8 file
+
+
+def decode_text(data: bytes) -> tuple[str, dict[str, Any]]:
+    """(text, metadata): UTF-8 (or a BOM's encoding) first; a mostly-UTF-8 file with a few stray lines keeps its
+    UTF-8 and decodes those lines as cp1252; otherwise the most likely of LEGACY_ENCODINGS for the whole file."""
     for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
                           (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
-            return data.decode(encoding), encoding
+            return data.decode(encoding), {"encoding": encoding}
     if b"\x00" in data[:8192]:  # valid UTF-8 too, but never in text
         raise Rejected("binary", "NUL bytes in the first 8 KB: not a text file")
     try:
-        return data.decode("utf-8-sig"), "utf-8"
+        return data.decode("utf-8-sig"), {"encoding": "utf-8"}
     except UnicodeDecodeError:
         pass
-    best = charset_normalizer.from_bytes(data).best()
+    mixed = _decode_mostly_utf8(data)
+    if mixed is not None:
+        return mixed
+    matches = charset_normalizer.from_bytes(data, cp_isolation=list(LEGACY_ENCODINGS))
+    best = matches.best()
     if best is None:
-        raise Rejected("encoding", "not valid UTF-8 and no other encoding fits")
-    return str(best), best.encoding
+        raise Rejected("encoding", f"not valid UTF-8 and none of {', '.join(LEGACY_ENCODINGS)} fits")
+    tied = [m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)]
+    choice = min(tied, key=lambda m: LEGACY_ENCODINGS.index(m.encoding) if m.encoding in LEGACY_ENCODINGS else 99)
+    return str(choice), {"encoding": choice.encoding}
+
+
+def _decode_mostly_utf8(data: bytes) -> tuple[str, dict[str, Any]] | None:
+    """Line by line: UTF-8 where a line is valid, cp1252 where not (a concatenation accident). None when most
+    non-ASCII lines are not UTF-8: then the file is in one legacy encoding and cp1252 would garble it."""
+    lines, fallback, utf8_lines = [], [], 0
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+            utf8_lines += not raw.isascii()
+        except UnicodeDecodeError:
+            fallback.append(number)
+            try:
+                lines.append(raw.decode("cp1252"))
+            except UnicodeDecodeError:  # the 5 bytes cp1252 leaves unassigned: latin-1 maps every byte
+                lines.append(raw.decode("latin-1"))
+    if utf8_lines <= len(fallback):
+        return None
+    return "".join(lines).removeprefix("\ufeff"), {
+        "encoding": "utf-8", "fallback_encoding": "cp1252", "fallback_line_count": len(fallback),
+        "fallback_lines": fallback[:FALLBACK_LINES_KEPT],
+    }
 
 
 def _document(text: str, source_uri: str, fmt: str, title: str, **metadata: Any) -> Document:
@@ -119,18 +156,18 @@ def _first_line(text: str) -> str:
 
 
 def read_txt(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
-    text, encoding = decode_text(read_limited(stream, options.max_bytes))
-    yield _document(text, source_uri, "txt", _first_line(text), encoding=encoding)
+    text, decoded = decode_text(read_limited(stream, options.max_bytes))
+    yield _document(text, source_uri, "txt", _first_line(text), **decoded)
 
 
 def read_md(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
-    text, encoding = decode_text(read_limited(stream, options.max_bytes))
+    text, decoded = decode_text(read_limited(stream, options.max_bytes))
     heading = next((line[2:] for line in text.splitlines() if line.startswith("# ")), _first_line(text))
-    yield _document(text, source_uri, "md", heading.strip(), encoding=encoding)
+    yield _document(text, source_uri, "md", heading.strip(), **decoded)
 
 
 def read_html(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
-    html, encoding = decode_text(read_limited(stream, options.max_bytes))
+    html, decoded = decode_text(read_limited(stream, options.max_bytes))
     # Markdown output keeps paragraphs, lists, code and tables apart for the chunker; favor_recall keeps
     # the text of documentation pages that the precision mode cuts.
     text = trafilatura.extract(
@@ -138,7 +175,7 @@ def read_html(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterat
         include_comments=False, include_links=False, include_images=False,
     )
     meta = trafilatura.extract_metadata(html)
-    yield _document(text or "", source_uri, "html", (meta.title if meta else None) or "", encoding=encoding)
+    yield _document(text or "", source_uri, "html", (meta.title if meta else None) or "", **decoded)
 
 
 def read_pdf(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
@@ -155,7 +192,21 @@ def read_pdf(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterato
     yield _document("\n\n".join(p for p in pages if p), source_uri, "pdf", str(title), pages=len(pages))
 
 
+def check_zip_size(stream: BinaryIO, max_bytes: int) -> None:
+    """Reject a zip-based file (DOCX, ...) whose members unpack to more than max_bytes, before it is unpacked:
+    a few MB can inflate to GBs. zipfile never yields more than a member's declared size, so the sum holds."""
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+    except zipfile.BadZipFile as error:
+        raise Rejected("corrupt", f"not a zip-based document: {error}") from error
+    if unpacked > max_bytes:
+        raise Rejected("oversized", f"unpacks to {unpacked} bytes, more than max_bytes={max_bytes}")
+    stream.seek(0)
+
+
 def read_docx(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
+    check_zip_size(stream, options.max_bytes)
     document = docx.Document(stream)
     blocks = []
     for block in document.iter_inner_content():
@@ -219,6 +270,9 @@ def read_jsonl(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Itera
             record = json.loads(raw.removeprefix(codecs.BOM_UTF8) if number == 1 else raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             yield Reject(f"{source_uri}#{where}", "parse_error", f"line {number}: invalid JSON: {error}")
+            continue
+        except RecursionError:  # why: json's parser recurses per nesting level; the lines after must still be read
+            yield Reject(f"{source_uri}#{where}", "parse_error", f"line {number}: JSON nested too deeply")
             continue
         if not isinstance(record, dict):
             yield Reject(f"{source_uri}#{where}", "parse_error",

@@ -48,7 +48,7 @@ def read_source(item: SourceFile, options: ReadOptions) -> Iterator[Document | R
     try:
         stream = item.open()
     except OSError as error:
-        yield Reject(item.uri, "unreadable", f"{type(error).__name__}: {error}")
+        yield Reject(item.uri, "unreadable", printable(f"{type(error).__name__}: {error}"))
         return
     with stream:
         for record in read_stream(stream, item.uri, fmt, options):
@@ -71,6 +71,12 @@ class GlobFilter:
         return any(p.fullmatch(relative_path) for p in self._include) and not any(
             p.fullmatch(relative_path) for p in self._exclude
         )
+
+
+def printable(name: str) -> str:
+    """A file name as valid UTF-8 for metadata and details: Linux allows any bytes, which Python keeps as lone
+    surrogates that Parquet cannot store; those bytes become U+FFFD (the URI keeps them, percent-encoded)."""
+    return os.fsencode(name).decode("utf-8", "replace")
 
 
 def _open_listed(path: str, listed: os.stat_result) -> BinaryIO:
@@ -98,22 +104,23 @@ def walk_folder(
             relative = os.path.relpath(path, root).replace(os.sep, "/")
             if not matches(relative):
                 continue
-            uri = Path(path).as_uri()
+            uri = Path(path).as_uri()  # percent-encodes the name's bytes: always ASCII
             try:
                 info = os.lstat(path)
             except OSError as error:
-                yield Reject(uri, "unreadable", f"{type(error).__name__}: {error}")
+                yield Reject(uri, "unreadable", printable(f"{type(error).__name__}: {error}"))
                 continue
             if stat.S_ISLNK(info.st_mode):
-                yield Reject(uri, "link", f"symbolic link to {os.readlink(path)!r}: links are not followed")
+                target = printable(os.readlink(path))
+                yield Reject(uri, "link", f"symbolic link to {target!r}: links are not followed")
                 continue
             if not stat.S_ISREG(info.st_mode):
                 yield Reject(uri, "link", "not a regular file (device, pipe or socket)")
                 continue
             modified = datetime.fromtimestamp(info.st_mtime, UTC).isoformat()
             yield SourceFile(
-                uri=uri, name=relative, size=info.st_size, open=partial(_open_listed, path, info),
-                metadata={"path": relative, "bytes": info.st_size, "modified": modified},
+                uri=uri, name=printable(relative), size=info.st_size, open=partial(_open_listed, path, info),
+                metadata={"path": printable(relative), "bytes": info.st_size, "modified": modified},
             )
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urljoin, urlsplit
 from xml.etree import ElementTree
 
 import requests
+import urllib3
 
 from operators.readers.records import Reject, Rejected
 from operators.readers.sources import SourceFile
@@ -22,6 +23,7 @@ from operators.readers.sources import SourceFile
 MAX_REDIRECTS = 5
 MAX_SITEMAP_DEPTH = 3
 SPOOL_BYTES = 1_000_000  # bodies above this spill from memory to a temporary file
+READ_BYTES = 65536  # at most per read; a read returns what has arrived
 USER_AGENT = "datamate-collector/0.1"
 
 
@@ -88,15 +90,26 @@ class Fetcher:
         body = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         size = 0
         try:
-            for chunk in response.iter_content(chunk_size=65536):
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Rejected("fetch_error", f"{url}: not complete within {self.timeout_seconds}s")
+                # A wall-clock deadline, not a per-read timeout: no single read may wait past it, and read1 returns
+                # whatever has arrived, so a server dripping a byte at a time cannot keep the fetch open.
+                sock = getattr(response.raw.connection, "sock", None)
+                if sock is not None:
+                    sock.settimeout(remaining)
+                chunk = response.raw.read1(READ_BYTES, decode_content=True)
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise Rejected("oversized", f"{url}: more than max_bytes={self.max_bytes} bytes")
-                if time.monotonic() > deadline:
-                    raise Rejected("fetch_error", f"{url}: not complete within {self.timeout_seconds}s")
                 body.write(chunk)
-        except requests.RequestException as error:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             body.close()
+            if time.monotonic() >= deadline:
+                raise Rejected("fetch_error", f"{url}: not complete within {self.timeout_seconds}s") from error
             raise Rejected("fetch_error", f"{url}: {type(error).__name__}: {error}") from error
         except Rejected:
             body.close()

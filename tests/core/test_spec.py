@@ -69,3 +69,21 @@ def test_definitions_validate_fails_on_a_bad_spec_and_names_it(tmp_path):
     )
     assert result.returncode != 0
     assert "broken.yaml: sources[0].s3.url: Value error, must start with s3://" in result.stdout + result.stderr
+
+
+def test_recipe_steps_are_built_and_each_mistake_names_its_step(tmp_path):
+    path = write(
+        tmp_path / "recipe.yaml",
+        "sources: [{type: folder, path: x}]\n"
+        "cleaning:\n  process:\n    - clean_html_mapper: {}\n    - no_such_mapper: {}\n"
+        "    - text_length_filter: {min_lenght: 3}\n    - text_length_filter: {min_len: 3, max_len: 500}\n"
+        "synthesis:\n  process:\n    - clean_html_mapper: {}\n    - document_deduplicator: {}\n",
+    )
+    with pytest.raises(SpecFileError) as raised:
+        load_spec(path)
+    reasons = {e.field: e.reason for e in raised.value.errors}
+    assert set(reasons) == {"cleaning.process[1]", "cleaning.process[2]", "synthesis.process[0]"}
+    assert "unknown operator" in reasons["cleaning.process[1]"]
+    assert "parameter 'min_lenght': unknown parameter" in reasons["cleaning.process[2]"]
+    assert "is a mapper" in reasons["synthesis.process[0]"]
+    assert f"{path}: cleaning.process[1]: operator 'no_such_mapper': unknown operator" in str(raised.value)
