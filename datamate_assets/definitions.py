@@ -20,6 +20,9 @@ STAGE_MODULES = [
     "datamate_assets.collection",
     "datamate_assets.cleaning",
     "datamate_assets.indexing",
+    "datamate_assets.annotation",
+    "datamate_assets.synthesis",
+    "datamate_assets.evaluation",
 ]
 
 log = logging.getLogger("datamate")

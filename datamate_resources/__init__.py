@@ -4,6 +4,7 @@ import dagster as dg
 
 from datamate_resources.embeddings import build_embeddings
 from datamate_resources.io_manager import ParquetIOManager
+from datamate_resources.llm import LLMResource
 from datamate_resources.milvus import build_milvus
 from datamate_resources.ray import build_ray
 from datamate_resources.settings import Settings
@@ -41,4 +42,5 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "milvus": build_milvus(settings),
         "embeddings": build_embeddings(settings),
         "ray": build_ray(settings.ray_address),
+        "llm": LLMResource.from_settings(settings),
     }

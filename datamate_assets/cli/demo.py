@@ -95,11 +95,10 @@ def show_evaluation(table: pa.Table | None) -> None:
 
 
 def show_search(dataset: str, question: str, settings) -> None:
-    try:
-        from datamate_resources.search import search_dataset
-    except ImportError:
-        return
-    hits = search_dataset(dataset, question, k=3, settings=settings)
-    print(f"\nTop hits for {json.dumps(question)}:")
+    from datamate_resources.milvus import open_knowledge_base
+
+    with open_knowledge_base(dataset, settings) as knowledge_base:
+        hits = knowledge_base.search([question], k=3)[0]
+    print(f"\nTop hits for {json.dumps(question)} (also: datamate search {json.dumps(question)} --dataset {dataset}):")
     for hit in hits:
-        print(f"  {hit['score']:.3f}  {hit['source_uri']}  {' '.join(hit['text'].split())[:100]}")
+        print(f"  {hit['score']:.3f}  {hit['source_uri']}\n         {' '.join(hit['text'].split())[:110]}")
