@@ -21,7 +21,8 @@ class JudgeDimension(BaseModel):
 
 class DimensionVerdict(BaseModel):
     verdict: Literal["Y", "N"] = Field(description="Y if the record meets the criterion, else N")
-    reason: str = Field(description="One short sentence explaining the verdict")
+    # Capped so a small model cannot ramble until max_tokens and cut the JSON short.
+    reason: str = Field(max_length=120, description="One short sentence explaining the verdict")
 
     @field_validator("verdict", mode="before")
     @classmethod
@@ -80,9 +81,13 @@ def judge_template_version(template: str, dimensions: Sequence[JudgeDimension]) 
     return "judge-" + hashlib.sha256(payload.encode("utf-8")).hexdigest()[:8]
 
 
-def render_judge_prompt(template: str, dimensions: Sequence[JudgeDimension], record: dict) -> str:
+def render_judge_prompt(
+    template: str, dimensions: Sequence[JudgeDimension], record: dict, source: str | None = None
+) -> str:
+    """The judge prompt for one record; `source` is the chunk it was generated from (to judge faithfulness)."""
     listed = "\n".join(f"- {d.name}: {d.description}" for d in dimensions)
-    parts = [f"Question: {record['question']}"]
+    parts = [f"Source passage: {source}"] if source else []
+    parts.append(f"Question: {record['question']}")
     if record.get("reasoning"):
         parts.append(f"Reasoning: {record['reasoning']}")
     parts.append(f"Answer: {record['answer']}")

@@ -13,7 +13,8 @@ from functools import cache
 import numpy as np
 from lingua import LanguageDetectorBuilder
 
-_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]|[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+")
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af"  # kana, CJK ideographs, hangul
+_TOKEN = re.compile(f"[{_CJK}]|[^\\W{_CJK}]+")
 
 
 def tokens(text: str) -> list[str]:
@@ -70,13 +71,19 @@ def duplicate_rate(texts: Sequence[str]) -> float:
     return 1 - len({normalize(text) for text in texts}) / len(texts)
 
 
+def detect_language(text: str) -> str:
+    """ISO 639-1 code of the text's language, `unknown` when lingua is unsure."""
+    return _code(_language_detector().detect_language_of(text))
+
+
 def language_mix(texts: Iterable[str]) -> dict[str, int]:
-    """Count of texts per detected language (ISO 639-1 code, `unknown` when lingua is unsure)."""
-    detector = _language_detector()
-    counts = Counter()
-    for language in detector.detect_languages_in_parallel_of(list(texts)):
-        counts[language.iso_code_639_1.name.lower() if language else "unknown"] += 1
-    return dict(counts.most_common())
+    """Count of texts per detected language (as `detect_language`)."""
+    languages = _language_detector().detect_languages_in_parallel_of(list(texts))
+    return dict(Counter(_code(language) for language in languages).most_common())
+
+
+def _code(language) -> str:
+    return language.iso_code_639_1.name.lower() if language else "unknown"
 
 
 @cache

@@ -6,39 +6,41 @@ response -> answer, so every kind shares one table.
 """
 
 import hashlib
+from functools import cache
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 
+# Length caps (characters) keep a small model from running on inside one string until max_tokens cuts the
+# JSON short: the constrained decoder closes the string at the cap. One record fits in ~512 tokens even
+# at one token per character.
 class QAPair(BaseModel):
-    question: str = Field(description="A question answerable from the passage alone")
-    answer: str = Field(description="The correct answer, taken from the passage")
+    question: str = Field(max_length=150, description="A question answerable from the passage alone")
+    answer: str = Field(max_length=300, description="The correct answer, taken from the passage")
 
 
 class CoTQA(BaseModel):
-    question: str = Field(description="A question that needs a few reasoning steps")
-    reasoning: str = Field(description="Step-by-step reasoning using facts from the passage")
-    answer: str = Field(description="The short final answer")
+    question: str = Field(max_length=150, description="A question that needs a few reasoning steps")
+    reasoning: str = Field(max_length=300, description="Step-by-step reasoning using facts from the passage")
+    answer: str = Field(max_length=100, description="The short final answer")
 
 
 class InstructionPair(BaseModel):
-    instruction: str = Field(description="What a user asks the assistant to do")
-    response: str = Field(description="The assistant's response, faithful to the passage")
+    instruction: str = Field(max_length=150, description="What a user asks the assistant to do")
+    response: str = Field(max_length=300, description="The assistant's response, faithful to the passage")
 
 
-class QAPairs(BaseModel):
-    items: list[QAPair]
+ITEM_SCHEMAS: dict[str, type[BaseModel]] = {"qa": QAPair, "cot_qa": CoTQA, "instruction": InstructionPair}
 
 
-class CoTQAs(BaseModel):
-    items: list[CoTQA]
+@cache
+def output_schema(kind: str, count: int) -> type[BaseModel]:
+    """`{"items": [...]}` with 1..count items of `kind`: the count is in the schema, not only the prompt."""
+    item = ITEM_SCHEMAS[kind]
+    return create_model(
+        f"{item.__name__}List", items=(list[item], Field(min_length=1, max_length=count))
+    )
 
-
-class InstructionPairs(BaseModel):
-    items: list[InstructionPair]
-
-
-OUTPUT_SCHEMAS: dict[str, type[BaseModel]] = {"qa": QAPairs, "cot_qa": CoTQAs, "instruction": InstructionPairs}
 
 SYNTHESIZED_COLUMNS = (
     "record_id", "kind", "question", "answer", "reasoning", "doc_id", "chunk_id", "model", "template_version",
@@ -51,9 +53,10 @@ def record_id(kind: str, chunk_id: str, question: str, answer: str) -> str:
 
 
 def to_records(
-    kind: str, output: BaseModel, *, doc_id: str, chunk_id: str, model: str, template_version: str, limit: int
+    kind: str, output: BaseModel, *, doc_id: str, chunk_id: str, model: str, template_version: str
 ) -> list[dict]:
-    """Rows for one model answer; keeps at most `limit` items and drops items with an empty field."""
+    """Rows for one model answer (its item count is bounded by `output_schema`); items with an empty
+    question or answer are left out."""
     rows = []
     for item in output.items:
         if kind == "instruction":
@@ -74,6 +77,4 @@ def to_records(
             "model": model,
             "template_version": template_version,
         })
-        if len(rows) == limit:
-            break
     return rows

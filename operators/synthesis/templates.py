@@ -7,10 +7,8 @@ records a new `template_version` and a new cache key: old and new generations ne
 
 import hashlib
 from dataclasses import dataclass
-from functools import cache
 
 from langchain_core.prompts import PromptTemplate
-from lingua import Language, LanguageDetectorBuilder
 
 KINDS = ("qa", "cot_qa", "instruction")
 LANGUAGES = ("en", "zh")
@@ -86,12 +84,3 @@ def resolve_template(kind: str, language: str = "en", override: str | None = Non
         )
     return SynthesisTemplate(kind=kind, language=language, text=text)
 
-
-def detect_template_language(text: str) -> str:
-    """`zh` for Chinese text, else `en`: picks the default template per chunk when the spec says `auto`."""
-    return "zh" if _en_zh_detector().detect_language_of(text) == Language.CHINESE else "en"
-
-
-@cache
-def _en_zh_detector():
-    return LanguageDetectorBuilder.from_languages(Language.ENGLISH, Language.CHINESE).build()
