@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
 from datamate_resources.io_manager import asset_parts
+from datamate_resources.ray import DatamateRay
 from datamate_resources.storage import ObjectStore
 from operators.recipe import Recipe, RecipeResult, StepStats, run_local, run_ray
 
@@ -67,10 +68,33 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
     section = spec.cleaning
     # Fails at load time with operator, parameter and reason, before any data is read.
     recipe = Recipe.from_process(section.process, section.text_key)
-    # the Ray resource (connect on step start) is needed only by datasets that run on Ray
-    resource_keys = {"ray"} if section.executor == "ray" else set()
+    def clean(context: dg.AssetExecutionContext, storage: ObjectStore, collected: pa.Table, on_ray: bool):
+        new, reused_kept, reused_drops = _split_incremental(storage, spec, recipe, collected)
+        context.log.info(f"{new.num_rows} new or changed documents to clean, "
+                         f"{reused_kept.num_rows + reused_drops.num_rows} reused (recipe {recipe.hash})")
+        reference = reused_kept.drop_columns(["recipe_hash"]) if reused_kept.num_rows else None
+        if on_ray and reference is None:
+            result = run_ray(recipe, new, log=context.log.info)
+        else:
+            if on_ray:  # incremental dedup against published docs is implemented in-process
+                context.log.info("incremental run: using the local executor for the new documents")
+            result = run_local(recipe, new, reference=reference, log=context.log.info)
+        cleaned = pa.concat_tables([reused_kept, _with_hash(result.kept, recipe.hash)], promote_options="permissive")
+        drops = pa.concat_tables([reused_drops, _drops_table(result.drops)], promote_options="permissive")
+        yield dg.Output(cleaned, "cleaned", metadata=_metadata(result, collected, cleaned, drops, new.num_rows))
+        yield dg.Output(drops, "cleaning_drops", metadata={
+            "by_operator": dg.MetadataValue.md(_drops_by_operator(drops)),
+        })
 
-    @dg.multi_asset(
+    # Only datasets that run on Ray ask for the Ray resource, so a local run never starts Ray.
+    if section.executor == "ray":
+        def compute(context: dg.AssetExecutionContext, storage: ObjectStore, ray: DatamateRay, collected: pa.Table):
+            yield from clean(context, storage, collected, on_ray=True)
+    else:
+        def compute(context: dg.AssetExecutionContext, storage: ObjectStore, collected: pa.Table):
+            yield from clean(context, storage, collected, on_ray=False)
+
+    cleaning = dg.multi_asset(
         name=f"{spec.name}_cleaning",
         group_name=spec.name,
         ins={"collected": dg.AssetIn(key(spec, "collected"))},
@@ -80,28 +104,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
             "cleaning_drops": dg.AssetOut(key=key(spec, "cleaning_drops"), code_version=recipe.hash,
                                           description="Documents the recipe dropped, with operator and reason"),
         },
-        required_resource_keys=resource_keys,
-    )
-    def cleaning(context: dg.AssetExecutionContext, storage: ObjectStore, collected: pa.Table):
-        new, reused_kept, reused_drops = _split_incremental(storage, spec, recipe, collected)
-        context.log.info(f"{new.num_rows} new or changed documents to clean, "
-                         f"{reused_kept.num_rows + reused_drops.num_rows} reused (recipe {recipe.hash})")
-        reference = reused_kept.drop_columns(["recipe_hash"]) if reused_kept.num_rows else None
-        if section.executor == "ray":
-            if reference is not None:  # incremental dedup against published docs is implemented in-process
-                context.log.info("incremental run: using the local executor for the new documents")
-                result = run_local(recipe, new, reference=reference, log=context.log.info)
-            else:
-                result = run_ray(recipe, new, log=context.log.info)
-        else:
-            result = run_local(recipe, new, reference=reference, log=context.log.info)
-        cleaned = pa.concat_tables([reused_kept, _with_hash(result.kept, recipe.hash)], promote_options="permissive")
-        drops = pa.concat_tables([reused_drops, _drops_table(result.drops)], promote_options="permissive")
-        yield dg.Output(cleaned, "cleaned", metadata=_metadata(result, collected, cleaned, drops, new.num_rows))
-        yield dg.Output(drops, "cleaning_drops", metadata={
-            "by_operator": dg.MetadataValue.md(_drops_by_operator(drops)),
-        })
-
+    )(compute)
     return dg.Definitions(assets=[cleaning])
 
 

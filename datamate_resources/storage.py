@@ -38,6 +38,10 @@ class ObjectStore(S3Resource):
 
     url: str = Field(description="Storage root: file:///abs/dir or s3://bucket/prefix")
 
+    def get_object_to_set_on_execution_context(self) -> "ObjectStore":
+        # S3Resource hands ops a boto3 client; `context.resources.storage` should be this store.
+        return self
+
     @property
     def is_s3(self) -> bool:
         return self.url.startswith("s3://")
