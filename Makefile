@@ -6,7 +6,7 @@ UV_FLAGS := --find-links /opt/wheels --extra-index-url file:///opt/pypi/simple -
 export DATAMATE_HOME ?= $(CURDIR)/.datamate
 export DAGSTER_HOME ?= $(DATAMATE_HOME)/dagster_home
 
-.PHONY: install demo test dev lint bench clean
+.PHONY: install demo test test-e2e dev bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet uv
@@ -34,7 +34,11 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 
 test: install /usr/bin/chromium
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not e2e" --durations=15
+
+# The daemon end to end and the production topology as processes: 10-20 minutes each on 2 cores.
+test-e2e: install /usr/bin/chromium
+	$(VENV)/bin/pytest -q -m e2e
 
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml

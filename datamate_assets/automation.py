@@ -40,8 +40,9 @@ FAILURE_WEBHOOK_ENV = "DATAMATE_FAILURE_WEBHOOK_URL"
 COLLECTION_STAGES = ("collected", "collection_rejects")
 MILVUS_STAGES = ("indexed", "retrieval_eval")
 LLM_STAGES = ("synthesized", "evaluation")
-# The import of completed Label Studio annotations, launched by the Label Studio sensor (annotation.py).
-LABEL_STUDIO_IMPORT_STAGE = "label_studio_import"
+# The import of completed Label Studio annotations (annotation.py's `human_labels`), launched by the Label Studio
+# sensor when an export lands; it also runs once when missing, so `annotated` (which depends on it) is not blocked.
+LABEL_STUDIO_IMPORT_STAGE = "human_labels"
 SENSOR_DRIVEN_STAGES = (*COLLECTION_STAGES, LABEL_STUDIO_IMPORT_STAGE)
 
 INBOX_INTERVAL_SECONDS = 15
@@ -144,18 +145,18 @@ def inbox_sensor(spec: DatasetSpec, target: list[dg.AssetKey]) -> dg.SensorDefin
 
 
 def label_studio_sensor(spec: DatasetSpec, target: dg.AssetKey) -> dg.SensorDefinition:
-    """Watches `<storage>/<dataset>/<annotation.label_studio.inbox>` for completed Label Studio exports."""
+    """Watches `<storage>/<annotation.label_studio.inbox>` (where `human_labels` reads) for Label Studio exports."""
     prefix = spec.annotation.label_studio.inbox
 
     @dg.sensor(
         name=f"{spec.name}_label_studio_sensor",
-        description=f"Imports Label Studio exports dropped under {spec.name}/{prefix} in storage.",
+        description=f"Imports Label Studio exports dropped under {prefix}/ in storage.",
         target=[target],
         minimum_interval_seconds=INBOX_INTERVAL_SECONDS,
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _sensor(context: dg.SensorEvaluationContext, storage: ObjectStore) -> dg.SensorResult:
-        inbox = Inbox(storage.uri(spec.name, prefix), include=("**/*.json",))
+        inbox = Inbox(storage.uri(prefix), include=("**/*.json",))
         return inbox_tick(context, [inbox], storage, {DATASET_TAG: spec.name, TRIGGER_TAG: "label_studio"})
 
     return _sensor
@@ -177,6 +178,9 @@ def recollect_schedule(spec: DatasetSpec, target: list[dg.AssetKey]) -> dg.Sched
 # --- declarative automation ---------------------------------------------------------------------------
 def stage_condition(spec: DatasetSpec, stage: str) -> dg.AutomationCondition | None:
     """Collection and imports are started by schedules and sensors; everything else follows its inputs."""
+    if stage == LABEL_STUDIO_IMPORT_STAGE:
+        # Once when missing (an empty import), so the eager `annotated` below it is not blocked forever.
+        return dg.AutomationCondition.on_missing()
     if stage in SENSOR_DRIVEN_STAGES:
         return None
     if stage in LLM_STAGES and spec.synthesis and spec.synthesis.schedule:

@@ -193,6 +193,7 @@ class KnowledgeBase:
         self.where = where
         self.timeout = timeout
         self.log = logger or log
+        self._search_layout: Layout | None = None  # looked up and loaded once per instance, not per query
 
     # --- helpers --------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -303,6 +304,7 @@ class KnowledgeBase:
     ) -> SyncReport:
         """Make the collection hold exactly these chunks: embed and upsert new ones, delete stale ones."""
         report = SyncReport(chunks=chunks.num_rows)
+        self._search_layout = None
         started = time.perf_counter()
         with self._milvus("connecting"):
             bm25 = hybrid and supports_bm25(self.client)
@@ -343,6 +345,15 @@ class KnowledgeBase:
 
         report.seconds["embed"], report.seconds["upsert"] = self._embed_and_upsert(new, batch_size, on_progress)
         report.embedded = len(new)
+
+        started = time.perf_counter()
+        if new or stale:
+            # Seal what was written: Milvus Lite searches rows still in its MemTable by converting each one to
+            # Python on every query (seconds at 10^4-10^5 rows) and indexes only flushed segments; a server
+            # searches unsealed (growing) segments without the HNSW/IVF index too.
+            with self._milvus("flushing"):
+                self.client.flush(self.name, timeout=self.timeout)
+        report.seconds["flush"] = time.perf_counter() - started
 
         started = time.perf_counter()
         report.vectors = self.count()
@@ -388,10 +399,15 @@ class KnowledgeBase:
         Hybrid collections fuse dense and BM25 rankings with reciprocal rank fusion (score = RRF score);
         dense-only collections return cosine similarity as score.
         """
-        layout = self.layout()
-        if layout is None:
-            raise LookupError(f"{self.where} has no collection {self.name}: materialize its `indexed` asset first")
-        self._load()
+        if self._search_layout is None:
+            layout = self.layout()
+            if layout is None:
+                raise LookupError(
+                    f"{self.where} has no collection {self.name}: materialize its `indexed` asset first"
+                )
+            self._load()
+            self._search_layout = layout
+        layout = self._search_layout
         vectors = self.embeddings.embed_documents(queries) if queries else []
         dense_params = {"metric_type": "COSINE", "params": search_params_for(layout.index_type, k)}
         with self._milvus("searching"):

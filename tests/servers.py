@@ -40,6 +40,14 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=timeout)
+    # The group outlives its leader while children (e.g. the milvus binary) are still exiting.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,9 @@ def test_unreachable_cluster_is_a_clear_error():
     resource = DatamateRay(address="ray://127.0.0.1:9")  # nothing listens on the discard port
     with pytest.raises(RayUnreachableError, match=r"127\.0\.0\.1:9.*DATAMATE_RAY_ADDRESS"):
         resource.connect(dg.build_init_resource_context())
+    import ray
+
+    ray.shutdown()  # a failed client connect leaves half-initialized state behind that breaks the next ray.init
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,8 @@ EXPECTED_STAGES = {"collected", "cleaned", "cleaning_drops", "chunks", "annotate
 LEFT_OUT = ("synthesis", "evaluation", "automation")  # see the module docstring
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
-pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 600)
+# e2e: the whole production topology as processes; `make test-e2e` (too heavy for CI's 2 cores).
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(RUN_TIMEOUT + 600)]
 
 
 def demo_project(root: Path) -> Path:

@@ -4,12 +4,12 @@ import pytest
 
 from datamate_resources.milvus import KnowledgeBase, MilvusResource, MilvusUnavailableError
 from operators.chunking import ChunkingConfig, chunk_documents
-from tests.indexing.conftest import DOCS, milvus_server
-from tests.servers import free_port, stop_process_group
+from tests.indexing.conftest import DOCS, kill_process_group, milvus_server
+from tests.servers import free_port
 
 
 class StopServerAfter:
-    """The real model; after `calls` embedding batches it stops the Milvus server (its whole process group)."""
+    """The real model; at embedding batch `calls` it SIGKILLs the Milvus server's whole process group."""
 
     def __init__(self, inner, calls: int, server):
         self.inner, self.calls, self.server = inner, calls, server
@@ -17,7 +17,7 @@ class StopServerAfter:
     def embed_documents(self, texts):
         self.calls -= 1
         if self.calls == 0:
-            stop_process_group(self.server)  # SIGTERM to the group, SIGKILL if it lingers
+            kill_process_group(self.server)  # no graceful stop; returns once every process of the group is gone
         return self.inner.embed_documents(texts)
 
     def embed_query(self, text):
