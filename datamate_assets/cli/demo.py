@@ -55,7 +55,7 @@ def run(args) -> int:
     elapsed = time.monotonic() - started
     if not result.success:
         for event in result.all_events:
-            if event.is_failure and event.step_failure_data:
+            if event.is_step_failure:
                 print(f"FAILED {event.step_key}: {event.step_failure_data.error.message.strip()}")
         return 1
 
