@@ -53,3 +53,39 @@ def test_ray_and_local_executors_agree(local_ray):
     by_operator = set(local.drops.column("operator").to_pylist())
     assert {"text_length_filter", "document_deduplicator", "document_minhash_deduplicator"} <= by_operator
     assert local.kept.num_rows + local.drops.num_rows == table.num_rows
+
+
+def test_the_cleaned_asset_on_ray_equals_the_local_one(local_ray, tmp_path):
+    """`cleaning.executor: ray` in a spec: the asset takes the Ray resource and publishes the same tables."""
+    import dagster as dg
+
+    from datamate_assets import cleaning
+    from datamate_assets.keys import key
+    from datamate_assets.spec import DatasetSpec
+    from datamate_resources.io_manager import ParquetIOManager, asset_parts
+    from datamate_resources.storage import ObjectStore
+
+    corpus = generate(300, seed=5).table
+    published = {}
+    for executor in ("local", "ray"):
+        spec = DatasetSpec.model_validate({
+            "name": f"web_{executor}", "sources": [{"type": "folder", "path": "unused"}],
+            "cleaning": {"executor": executor, "process": PROCESS},
+        })
+        storage = ObjectStore(url=f"file://{tmp_path / executor}")
+        storage.write_table(corpus, *asset_parts(key(spec, "collected")))
+        defs = cleaning.build_defs(spec)
+        result = dg.materialize(
+            [*defs.assets, dg.SourceAsset(key(spec, "collected"))],
+            resources={"storage": storage, "io_manager": ParquetIOManager(storage=storage),
+                       "ray": DatamateRay()},
+        )
+        assert result.success
+        published[executor] = [
+            storage.read_table(*asset_parts(key(spec, stage))).drop_columns(["recipe_hash"])
+            if stage == "cleaned" else storage.read_table(*asset_parts(key(spec, stage)))
+            for stage in ("cleaned", "cleaning_drops")
+        ]
+    assert published["ray"][0].equals(published["local"][0])
+    assert published["ray"][1].equals(published["local"][1])
+    assert published["ray"][0].num_rows + published["ray"][1].num_rows == corpus.num_rows
