@@ -121,5 +121,7 @@ def test_mapper_on_real_example(name, params, text, expected):
 def test_every_mapper_has_a_real_example():
     from operators.registry import registered
 
-    mappers = {name for name, cls in registered().items() if cls.kind == "mapper"}
+    # Tests register throw-away operators of their own; the library's live in the `operators` package.
+    mappers = {name for name, cls in registered().items()
+               if cls.kind == "mapper" and cls.__module__.startswith("operators.")}
     assert mappers <= {case[0] for case in CASES}
