@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 # The browser test drives Debian's Chromium (Playwright cannot download its own browser offline).
 /usr/bin/chromium:
-	apt-get update -qq && apt-get install -y -qq chromium
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 install: $(VENV)/.installed
 
