@@ -87,11 +87,20 @@ def show_synthesized(table: pa.Table | None, rows: int = 3) -> None:
 
 
 def show_evaluation(table: pa.Table | None) -> None:
+    """Judge results per dimension: the share of records judged Y, and the mean 1-5 score."""
     if table is None or table.num_rows == 0:
         return
-    print("\nEvaluation summary:")
-    for record in table.to_pylist():
-        print("  " + ", ".join(f"{k}={v}" for k, v in record.items()))
+    records = [r for r in table.to_pylist() if not r.get("error")]
+    verdicts: dict[str, list[bool]] = {}
+    for record in records:
+        for verdict in json.loads(record["verdicts"] or "[]"):
+            verdicts.setdefault(verdict["dimension"], []).append(verdict["verdict"] == "Y")
+    scores = [r["score"] for r in records if r.get("score") is not None]
+    print(f"\nEvaluation summary ({len(records)} records judged by {records[0]['judge_model'] if records else '-'}):")
+    for dimension, passed in verdicts.items():
+        print(f"  {dimension:<20} pass rate {sum(passed) / len(passed):.2f}")
+    print(f"  {'all dimensions':<20} pass rate {sum(r['passed'] for r in records) / max(len(records), 1):.2f}"
+          f", mean score {sum(scores) / max(len(scores), 1):.1f}/5")
 
 
 def show_search(dataset: str, question: str, settings) -> None:
