@@ -61,11 +61,12 @@ def run(args) -> int:
 
     storage = open_storage(settings)
     print(f"\nAll stages of '{args.dataset}' materialized in {elapsed:.0f}s. Outputs:")
-    for key in _materialized(result):
-        path = storage.uri(*key.path[:-1], f"{key.path[-1]}.parquet")
-        table = storage.read_table(*key.path[:-1], f"{key.path[-1]}.parquet")
-        rows = f"{table.num_rows:>6} rows" if table is not None else "  (not a table)"
-        print(f"  {key.to_user_string():<40} {rows}  {path if table is not None else ''}")
+    for key, metadata in _materialized(result):
+        # The IO manager recorded row count and URI; no need to read the tables again.
+        rows = metadata.get("dagster/row_count")
+        where = metadata.get("uri")
+        count = f"{rows.value:>6} rows" if rows is not None else "  (not a table)"
+        print(f"  {key.to_user_string():<40} {count}  {where.value if where is not None else ''}")
     show_synthesized(storage.read_table(args.dataset, "synthesized.parquet"))
     show_evaluation(storage.read_table(args.dataset, "evaluation.parquet"))
     show_search(args.dataset, args.question, settings)
@@ -73,9 +74,9 @@ def run(args) -> int:
     return 0
 
 
-def _materialized(result: dg.ExecuteInProcessResult) -> list[dg.AssetKey]:
-    keys = {event.asset_key for event in result.get_asset_materialization_events()}
-    return sorted(keys, key=lambda key: key.to_user_string())
+def _materialized(result: dg.ExecuteInProcessResult) -> list[tuple[dg.AssetKey, dict]]:
+    events = {e.asset_key: e.materialization.metadata for e in result.get_asset_materialization_events()}
+    return sorted(events.items(), key=lambda item: item[0].to_user_string())
 
 
 def show_synthesized(table: pa.Table | None, rows: int = 3) -> None:
