@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
-from datamate_resources.embeddings import EmbeddingsResource
+from datamate_resources.embeddings import EmbeddingsResource, RayEmbeddings
 from datamate_resources.milvus import KnowledgeBase, MilvusResource
+from datamate_resources.ray import DatamateRay
 from operators.chunking import ChunkingConfig, chunk_documents
 
 MILVUS_POOL = "milvus"
@@ -72,31 +73,29 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
             },
         )
 
-    @dg.asset(
-        key=key(spec, "indexed"),
-        group_name=spec.name,
-        ins={"chunks": dg.AssetIn(key(spec, "chunks"))},
-        description="Chunks embedded and upserted into the dataset's Milvus collection (idempotent by chunk_id).",
-        kinds={"milvus"},
-        pool=MILVUS_POOL,
-    )
-    def indexed(
-        context: dg.AssetExecutionContext, chunks: pa.Table, milvus: MilvusResource, embeddings: EmbeddingsResource
-    ) -> dg.MaterializeResult:
+    def index(context: dg.AssetExecutionContext, chunks: pa.Table, milvus: MilvusResource,
+              embeddings: EmbeddingsResource, on_ray: bool) -> dg.MaterializeResult:
         started = time.perf_counter()
 
         def progress(done: int, total: int) -> None:
             rate = done / max(time.perf_counter() - started, 1e-9)
             context.log.info(f"embedded and upserted {done}/{total} new chunks ({rate:.1f} chunks/s)")
 
-        with milvus.get_client() as client:
-            knowledge_base = KnowledgeBase(
-                client, spec.name, embeddings.get_embeddings(), embeddings.model_name,
-                where=milvus.describe(), timeout=milvus.timeout_seconds, logger=context.log,
-            )
-            report = knowledge_base.sync(
-                chunks, index_type=section.index_type, hybrid=section.hybrid, on_progress=progress
-            )
+        model = RayEmbeddings(embeddings.model_factory()) if on_ray else embeddings.get_embeddings()
+        if on_ray:
+            context.log.info(f"embedding on Ray with {len(model.actors)} model actors")
+        try:
+            with milvus.get_client() as client:
+                knowledge_base = KnowledgeBase(
+                    client, spec.name, model, embeddings.model_name,
+                    where=milvus.describe(), timeout=milvus.timeout_seconds, logger=context.log,
+                )
+                report = knowledge_base.sync(
+                    chunks, index_type=section.index_type, hybrid=section.hybrid, on_progress=progress
+                )
+        finally:
+            if on_ray:
+                model.close()
         layout = report.layout
         summary = (
             "unchanged: nothing embedded, nothing deleted"
@@ -115,6 +114,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
                 "rebuilt": report.rebuilt,
                 "collection": knowledge_base.name,
                 "milvus": milvus.describe(),
+                "executor": section.executor,
                 "search": "hybrid: dense + BM25, reciprocal rank fusion" if layout.hybrid else "dense only",
                 "index_type": layout.index_type,
                 "index_params": dg.MetadataValue.json(layout.index_params),
@@ -125,6 +125,25 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
                 ),
             }
         )
+
+    # Only datasets that embed on Ray ask for the Ray resource, so a local run never starts Ray.
+    if section.executor == "ray":
+        def compute(context: dg.AssetExecutionContext, chunks: pa.Table, milvus: MilvusResource,
+                    embeddings: EmbeddingsResource, ray: DatamateRay) -> dg.MaterializeResult:
+            return index(context, chunks, milvus, embeddings, on_ray=True)
+    else:
+        def compute(context: dg.AssetExecutionContext, chunks: pa.Table, milvus: MilvusResource,
+                    embeddings: EmbeddingsResource) -> dg.MaterializeResult:
+            return index(context, chunks, milvus, embeddings, on_ray=False)
+
+    indexed = dg.asset(
+        key=key(spec, "indexed"),
+        group_name=spec.name,
+        ins={"chunks": dg.AssetIn(key(spec, "chunks"))},
+        description="Chunks embedded and upserted into the dataset's Milvus collection (idempotent by chunk_id).",
+        kinds={"milvus"},
+        pool=MILVUS_POOL,
+    )(compute)
 
     defs = [chunks, indexed]
     if spec.synthesis is not None:

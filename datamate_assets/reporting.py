@@ -35,13 +35,26 @@ dbt_project.prepare_if_dev()
 
 
 class ReportingTranslator(DagsterDbtTranslator):
+    """dbt models become `reporting/<model>` assets; a model reading the dbt source `<stage>` depends on the
+    `[<dataset>, <stage>]` asset of every dataset, so runs order them and lineage runs to collection."""
+
+    def __init__(self, stage_keys: dict[str, list[dg.AssetKey]]):
+        super().__init__()
+        self.stage_keys = stage_keys
+
     def get_asset_spec(self, manifest, unique_id, project) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
         props = self.get_resource_props(manifest, unique_id)
-        if props["resource_type"] == "source":
+        if props["resource_type"] == "source":  # a placeholder: models depend on the stages' assets instead
             return spec.replace_attributes(key=dg.AssetKey([SOURCE_PREFIX, props["name"]]))
+        deps = []
+        for dep in spec.deps:
+            if dep.asset_key.path[0] == SOURCE_PREFIX:
+                deps += [dg.AssetDep(k) for k in self.stage_keys.get(dep.asset_key.path[1], [])]
+            else:
+                deps.append(dep)
         return spec.replace_attributes(
-            key=dg.AssetKey([REPORTING_GROUP, props["name"]]), group_name=REPORTING_GROUP,
+            key=dg.AssetKey([REPORTING_GROUP, props["name"]]), group_name=REPORTING_GROUP, deps=deps,
             automation_condition=dg.AutomationCondition.eager(),
         )
 
@@ -101,28 +114,23 @@ def with_reporting(defs: dg.Definitions, settings: Settings) -> dg.Definitions:
         if len(asset_key.path) == 2 and asset_key.path[0] != REPORTING_GROUP:
             by_stage.setdefault(asset_key.path[1], []).append(asset_key)
 
+    # Dependencies are set by the translator, not by `map_asset_specs` afterwards: in Dagster 1.13 that keeps
+    # the op's old input→key mapping, so a run would start the dbt step before the stages it reads.
     @dbt_assets(
         manifest=dbt_project.manifest_path, project=dbt_project, name="reporting_dbt",
-        dagster_dbt_translator=ReportingTranslator(),
+        dagster_dbt_translator=ReportingTranslator(by_stage),
     )
     def reporting(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: ObjectStore):
         sources = [k for stage, keys in by_stage.items() for k in keys if stage in source_tables]
         dbt_vars = json.dumps({"stage_files": stage_files(storage, sources)})
         yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
 
-    source_tables = {dep.asset_key.path[1] for spec in reporting.specs for dep in spec.deps
-                     if dep.asset_key.path[0] == SOURCE_PREFIX}
-
-    def stage_deps(spec: dg.AssetSpec) -> dg.AssetSpec:
-        deps = [dep for dep in spec.deps if dep.asset_key.path[0] != SOURCE_PREFIX]
-        for dep in spec.deps:
-            if dep.asset_key.path[0] == SOURCE_PREFIX:
-                deps += [dg.AssetDep(k) for k in by_stage.get(dep.asset_key.path[1], [])]
-        return spec.replace_attributes(deps=deps)
+    manifest = json.loads(dbt_project.manifest_path.read_text(encoding="utf-8"))
+    source_tables = {source["name"] for source in manifest["sources"].values()}
 
     dbt = DbtCliResource(
         project_dir=dbt_project, profiles_dir=str(write_profile(settings)), dbt_executable=DBT_EXECUTABLE
     )
     return dg.Definitions.merge(
-        defs, dg.Definitions(assets=[reporting.map_asset_specs(stage_deps)], resources={"dbt": dbt})
+        defs, dg.Definitions(assets=[reporting], resources={"dbt": dbt})
     )

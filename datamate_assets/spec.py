@@ -144,6 +144,7 @@ class IndexSection(Section):
     chunk_overlap: int = Field(100, ge=0)
     hybrid: bool = Field(True, description="Dense + BM25 where the Milvus deployment supports it")
     index_type: str = "HNSW"
+    executor: Literal["local", "ray"] = Field("local", description="Embed in-process or on the Ray resource")
     checks: IndexChecks = IndexChecks()
 
 

@@ -12,6 +12,8 @@ Providers:
   comes from `DATAMATE_EMBEDDINGS_API_KEY` through `dg.EnvVar`.
 """
 
+import functools
+from collections.abc import Callable
 from functools import cached_property
 from typing import Literal
 
@@ -82,6 +84,49 @@ class MiniLMOnnxEmbeddings(Embeddings):
         return self.embed_array([text])[0].tolist()
 
 
+class RayEmbeddings(Embeddings):
+    """Embeds documents on the connected Ray cluster: one actor per CPU, each loading the model once.
+
+    Documents go out in batches of `batch_size` to an `ActorPool` and come back in order; queries (one text,
+    latency-bound) are embedded in-process. Call `ray.init` first (the `ray` resource does).
+    """
+
+    def __init__(self, make_model: Callable[[], Embeddings], batch_size: int = 64, actors: int | None = None):
+        import ray
+
+        self.batch_size = batch_size
+        count = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        worker = ray.remote(num_cpus=1)(EmbeddingWorker)
+        self.actors = [worker.remote(make_model) for _ in range(count)]
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        from ray.util import ActorPool
+
+        batches = [texts[i : i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        pool = ActorPool(self.actors)
+        return [vector for batch in pool.map(lambda actor, b: actor.embed.remote(b), batches) for vector in batch]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+class EmbeddingWorker:
+    """A Ray actor holding one model (wrapped by `ray.remote` in `RayEmbeddings`)."""
+
+    def __init__(self, make_model: Callable[[], Embeddings]):
+        self.model = make_model()
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self.model.embed_documents(texts)
+
+
 class EmbeddingsResource(dg.ConfigurableResource):
     """Gives a LangChain `Embeddings`; `model_name` is recorded with the vectors so a model change re-embeds."""
 
@@ -105,24 +150,36 @@ class EmbeddingsResource(dg.ConfigurableResource):
         return self._embeddings
 
     def _build(self) -> Embeddings:
-        if self.provider == "local":
-            return MiniLMOnnxEmbeddings(batch_size=min(self.batch_size, 32))
-        if not self.base_url or not self.model:
-            raise ValueError(
-                "embeddings provider 'openai' needs DATAMATE_EMBEDDINGS_BASE_URL and DATAMATE_EMBEDDINGS_MODEL"
-            )
-        from langchain_openai import OpenAIEmbeddings
+        return self.model_factory()()
 
-        return OpenAIEmbeddings(
-            model=self.model,
-            base_url=self.base_url,
-            api_key=self.api_key or "not-needed",  # local servers (TEI, vLLM, Ollama) accept any key
-            chunk_size=self.batch_size,
-            max_retries=self.max_retries,
-            timeout=self.timeout_seconds,
-            # True would tokenize with tiktoken, whose encodings are downloaded; servers truncate themselves.
-            check_embedding_ctx_length=False,
+    def model_factory(self) -> Callable[[], Embeddings]:
+        """Builds this model anywhere, e.g. in a Ray actor (the resource itself does not pickle)."""
+        return functools.partial(
+            make_embeddings, self.provider, self.base_url, self.model, self.api_key, self.batch_size,
+            self.max_retries, self.timeout_seconds,
         )
+
+
+def make_embeddings(provider: str, base_url: str | None, model: str | None, api_key: str | None,
+                    batch_size: int, max_retries: int, timeout_seconds: float) -> Embeddings:
+    if provider == "local":
+        return MiniLMOnnxEmbeddings(batch_size=min(batch_size, 32))
+    if not base_url or not model:
+        raise ValueError(
+            "embeddings provider 'openai' needs DATAMATE_EMBEDDINGS_BASE_URL and DATAMATE_EMBEDDINGS_MODEL"
+        )
+    from langchain_openai import OpenAIEmbeddings
+
+    return OpenAIEmbeddings(
+        model=model,
+        base_url=base_url,
+        api_key=api_key or "not-needed",  # local servers (TEI, vLLM, Ollama) accept any key
+        chunk_size=batch_size,
+        max_retries=max_retries,
+        timeout=timeout_seconds,
+        # True would tokenize with tiktoken, whose encodings are downloaded; servers truncate themselves.
+        check_embedding_ctx_length=False,
+    )
 
 
 def build_embeddings(settings) -> EmbeddingsResource:

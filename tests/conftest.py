@@ -68,3 +68,22 @@ def postgres_dagster_home(tmp_path, pg_database, monkeypatch) -> Path:
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("DAGSTER_PG_URL", pg_database)
     return home
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """Ray started in this process with 2 CPUs; the `ray` resource reuses it."""
+    import ray
+
+    # A busy 2-core machine can miss Ray's fixed node start-up deadline: try again rather than fail the module.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+            break
+        except Exception:  # Ray raises a bare Exception for "node timed out during startup"
+            ray.shutdown()
+            if attempt == 2:
+                raise
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

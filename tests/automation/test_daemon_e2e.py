@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 import yaml
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.storage.tags import SENSOR_NAME_TAG
 
 from datamate_assets.automation import INBOX_FILES_TAG
@@ -118,8 +118,8 @@ def start_daemon(cwd: Path, log: Path) -> subprocess.Popen:
 
 
 def inbox_batches(instance: DagsterInstance) -> list[list[str]]:
-    runs = [r for r in instance.get_runs() if r.tags.get(SENSOR_NAME_TAG) == f"{DATASET}_inbox_sensor"]
-    return [json.loads(r.tags[INBOX_FILES_TAG]) for r in sorted(runs, key=lambda r: r.create_timestamp)]
+    records = instance.get_run_records(RunsFilter(tags={SENSOR_NAME_TAG: f"{DATASET}_inbox_sensor"}))
+    return [json.loads(r.dagster_run.tags[INBOX_FILES_TAG]) for r in sorted(records, key=lambda r: r.create_timestamp)]
 
 
 def collection_counts(instance: DagsterInstance) -> list[tuple[int, int, int]]:

@@ -30,24 +30,6 @@ def test_unreachable_cluster_is_a_clear_error():
     ray.shutdown()  # a failed client connect leaves half-initialized state behind that breaks the next ray.init
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    # A busy 2-core machine can miss Ray's fixed node start-up deadline: try again rather than fail the module.
-    for attempt in range(3):
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-            break
-        except Exception:  # Ray raises a bare Exception for "node timed out during startup"
-            ray.shutdown()
-            if attempt == 2:
-                raise
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_and_local_executors_agree(local_ray):
     corpus = generate(600, seed=3)
     table = corpus.table.append_column("extra", pa.array(range(corpus.table.num_rows)))

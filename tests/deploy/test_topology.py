@@ -4,16 +4,19 @@
 as Dagster's storage, an S3 endpoint (moto), the Milvus standalone server, `dagster api grpc` serving the code
 location, and `dagster-webserver` + `dagster-daemon` on a workspace pointing at that gRPC server. The demo
 dataset's pipeline job (its whole asset group) is launched through the webserver's GraphQL API with
-`cleaning.executor: ray`; the test waits for success, then checks that the cleaning ran as Ray tasks on the
-worker node (Ray's state API; the head has no CPUs and the run process is only a driver), that every table
+`cleaning.executor: ray` and `index.executor: ray`; the test waits for success, then checks that the cleaning
+and the embedding ran as Ray tasks on the worker node (Ray's state API; the head has no CPUs and the run
+process is only a driver), that every table
 output is in the S3 bucket with the row count Dagster recorded, and that Milvus holds one vector per chunk.
 
-To fit CI's budget on 2 cores, the spec copy leaves out the local-LLM stages (synthesis, evaluation; their
-own tests run them) and annotates with `labeler: embeddings`; it also leaves out `automation:` and stops the
-sensors before the daemon starts, so that the daemon only dequeues this run (QueuedRunCoordinator) and no
-sensor-launched run competes with it. See docs/production.md.
+The LLM endpoint is a separate process too: the OpenAI-compatible server of `datamate_resources.llm_server`
+serving the packaged model. To keep the run to minutes on 2 cores, the spec copy synthesizes and judges two
+records and annotates with `labeler: embeddings`; it leaves out `automation:` and stops the sensors before
+the daemon starts, so that the daemon only dequeues this run (QueuedRunCoordinator) and no sensor-launched
+run competes with it. See docs/production.md.
 """
 
+import sys
 import time
 from pathlib import Path
 
@@ -34,8 +37,9 @@ DATASET = "debian_docs"
 JOB = f"{DATASET}_pipeline"
 LOCATION = "datamate"
 RUN_TIMEOUT = 1200  # a safety net, not a measurement: the run takes a few minutes on a loaded 2-core machine
-EXPECTED_STAGES = {"collected", "cleaned", "cleaning_drops", "chunks", "annotated", "indexed"}
-LEFT_OUT = ("synthesis", "evaluation", "automation")  # see the module docstring
+EXPECTED_STAGES = {"collected", "cleaned", "cleaning_drops", "chunks", "annotated", "indexed", "synthesized",
+                   "evaluation", "retrieval_eval"}
+SERVED_MODEL = "SmolLM2-135M-Instruct.Q4_1"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 # e2e: the whole production topology as processes; `make test-e2e` (too heavy for CI's 2 cores).
@@ -46,9 +50,11 @@ def demo_project(root: Path) -> Path:
     """The demo dataset spec, its cleaning sent to Ray; `data/` beside `datasets/` as in the repository."""
     spec = yaml.safe_load((REPO / "datasets" / f"{DATASET}.yaml").read_text())
     spec["cleaning"]["executor"] = "ray"
+    spec["index"]["executor"] = "ray"
     spec["annotation"]["labeler"] = "embeddings"
-    for section in LEFT_OUT:
-        spec.pop(section, None)
+    spec["synthesis"]["max_records"] = 2
+    spec["evaluation"]["max_judged"] = 2
+    spec.pop("automation")
     (root / "datasets").mkdir(parents=True)
     (root / "datasets" / f"{DATASET}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     (root / "data").symlink_to(REPO / "data")
@@ -78,13 +84,15 @@ def test_pipeline_runs_on_the_production_topology(tmp_path, postgres_dagster_hom
     logs = tmp_path / "logs"
     logs.mkdir()
     datasets_dir = demo_project(tmp_path / "project")
-    grpc_port, web_port = free_port(), free_port()
+    grpc_port, web_port, llm_port = free_port(), free_port(), free_port()
     (tmp_path / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [
         {"grpc_server": {"host": "127.0.0.1", "port": grpc_port, "location_name": LOCATION}},
     ]}))
 
+    llm = [sys.executable, "-m", "datamate_resources.llm_server", "--port", str(llm_port)]
     with ray_cluster(workers=1, cpus_per_worker=2, logs=logs) as ray, \
-            milvus_standalone(tmp_path / "milvus", logs) as milvus_uri:
+            milvus_standalone(tmp_path / "milvus", logs) as milvus_uri, \
+            server_process(llm, llm_port, logs / "llm.log", timeout=600, cwd=REPO):
         env = {
             "DATAMATE_HOME": str(tmp_path / "datamate_home"),
             "DATAMATE_DATASETS_DIR": str(datasets_dir),
@@ -92,6 +100,8 @@ def test_pipeline_runs_on_the_production_topology(tmp_path, postgres_dagster_hom
             "DATAMATE_S3_ENDPOINT_URL": s3_endpoint,
             "DATAMATE_MILVUS_URI": milvus_uri,
             "DATAMATE_RAY_ADDRESS": ray.address,
+            "DATAMATE_LLM_BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
+            "DATAMATE_LLM_MODEL": SERVED_MODEL,
             "RAY_AUTH_MODE": "disabled",
         }
         grpc = [str(BIN / "dagster"), "api", "grpc", "-m", "datamate_assets.definitions",
@@ -119,6 +129,7 @@ def test_pipeline_runs_on_the_production_topology(tmp_path, postgres_dagster_hom
         tasks = ray_tasks(ray.dashboard_url)
         print(f"Ray tasks by node: { {where: len(names) for where, names in tasks.items()} }")
         assert any("_ray_segment" in name for name in tasks["worker"]), tasks  # the recipe's mappers/filters
+        assert any("EmbeddingWorker.embed" in name for name in tasks["worker"]), tasks  # the chunks' vectors
         assert not tasks["elsewhere"], tasks
         check_chunks_in_milvus(milvus_uri, materialized[dg.AssetKey([DATASET, "chunks"])]["dagster/row_count"])
 
