@@ -127,3 +127,18 @@ def test_a_stage_nobody_produced_yet_reads_as_empty(tmp_path, stage):
     storage = plain_store(settings)
     assert stage_files(storage, [key("nothing_yet", stage)]) == {}
     assert json.dumps(stage_files(storage, [])) == "{}"
+
+
+def test_a_run_starts_the_dbt_step_after_the_stages_it_reads():
+    """The dbt models depend on every dataset's stage assets, and a run orders its steps by them (an earlier
+    version only set the lineage, and automation ran the dbt step beside cleaning)."""
+    from datamate_assets.definitions import defs
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    upstream = {handle.node_name for handle in job.graph.dependency_structure.all_upstream_outputs_from_node(
+        "reporting_dbt")}
+    assert {"debian_docs_collection", "debian_docs_cleaning", "debian_docs__annotated", "debian_docs__chunks",
+            "debian_docs__synthesized", "debian_docs__evaluation"} <= upstream, upstream
+    reporting = next(a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.op.name == "reporting_dbt")
+    funnel = reporting.specs_by_key[dg.AssetKey(["reporting", "stage_funnel"])]
+    assert dg.AssetKey(["debian_docs", "cleaned"]) in {dep.asset_key for dep in funnel.deps}
