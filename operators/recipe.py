@@ -448,7 +448,9 @@ def _fingerprint_rows(batch: pa.Table, op: Deduplicator, text_key: str, wanted: 
     live = batch.filter(pc.equal(batch.column(DROP_STEP), ALIVE))
     fps, errors = fingerprints_of(op, live.column(text_key).to_pylist())
     chosen = [i for i, (r, e) in enumerate(zip(live.column(ROW).to_pylist(), errors, strict=True)) if r in wanted or e]
-    live, fps, errors = live.take(chosen), [fps[i] for i in chosen], [errors[i] for i in chosen]
+    # typed indices: an empty list would be a null-typed array, which `take` refuses (a block with no candidate)
+    live = live.take(pa.array(chosen, pa.int64()))
+    fps, errors = [fps[i] for i in chosen], [errors[i] for i in chosen]
     return pa.table({
         ROW: live.column(ROW),
         "fp": pa.array([np.asarray(f).tobytes() for f in fps], pa.binary()),

@@ -79,3 +79,14 @@ def test_the_cleaned_asset_on_ray_equals_the_local_one(local_ray, tmp_path):
     assert published["ray"][0].equals(published["local"][0])
     assert published["ray"][1].equals(published["local"][1])
     assert published["ray"][0].num_rows + published["ray"][1].num_rows == corpus.num_rows
+
+
+def test_a_block_with_no_candidate_pair_gives_an_empty_fingerprint_table():
+    """A Ray block whose documents are in no candidate pair (seen on a 2-node cluster) must not fail."""
+    from operators.recipe import _fingerprint_rows, with_bookkeeping
+    from operators.registry import build_operator
+
+    block = with_bookkeeping(pa.table({"doc_id": ["a", "b"], "text": ["first text here", "second text there"]}))
+    op = build_operator("document_minhash_deduplicator", {})
+    assert _fingerprint_rows(block, op, "text", wanted=set()).num_rows == 0
+    assert _fingerprint_rows(block, op, "text", wanted={1}).column("doc_id").to_pylist() == ["b"]
