@@ -171,6 +171,7 @@ def ray_tasks(dashboard_url: str) -> dict[str, list[str]]:
     """Finished Ray tasks by where they ran: on the worker node, or anywhere else (the head has no CPUs).
 
     The driver itself (the run process, attached to the head) is a DRIVER_TASK entry, not work: left out.
+    Ray's private actors are left out too (below).
     """
     from ray.util.state import list_nodes, list_tasks
 
@@ -178,7 +179,9 @@ def ray_tasks(dashboard_url: str) -> dict[str, list[str]]:
     placed: dict[str, list[str]] = {"worker": [], "elsewhere": []}
     for task in list_tasks(address=dashboard_url, filters=[("state", "=", "FINISHED")], limit=10_000,
                            raise_on_missing_output=False):
-        if task.type == "DRIVER_TASK":
+        # Ray Data's own coordinators (`_AutoscalingCoordinatorActor`, `_StatsActor`…) need no CPU and may
+        # live on the head; they schedule and count, they do no data work.
+        if task.type == "DRIVER_TASK" or (task.type.startswith("ACTOR") and task.name.startswith("_")):
             continue
         placed["worker" if task.node_id in worker_nodes else "elsewhere"].append(f"{task.type}:{task.name}")
     return placed
