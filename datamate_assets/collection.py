@@ -2,8 +2,8 @@
 
 One multi-asset reads every source once. `collected` holds every current document (one row per source_uri);
 it is compared with the previous `collected` in storage, so a re-run on unchanged sources reports
-0 new / 0 changed and keeps the original `collected_at`. Inputs = collected (new + changed) + rejected +
-unchanged, all in the metadata.
+0 new / 0 changed and keeps the original `collected_at` (a repeated reject keeps its `rejected_at`). Inputs =
+collected (new + changed) + rejected + unchanged, all in the metadata.
 """
 
 import json
@@ -107,6 +107,25 @@ def previous_collected(storage: ObjectStore, asset_key: dg.AssetKey, log) -> pa.
     except Exception as error:  # why: an unreadable old output only costs the incremental comparison
         log.warning(f"Previous {asset_key.to_user_string()} unreadable, counting every document as new: {error}")
         return None
+
+
+def keep_rejected_at(rejected: pa.Table, storage: ObjectStore, asset_key: dg.AssetKey, log) -> pa.Table:
+    """A reject the last run already had (same source_uri, reason and detail) keeps its first rejected_at, as an
+    unchanged document keeps its collected_at: a re-run on unchanged sources rewrites the same rejects."""
+    key_columns = ["source_uri", "reason", "detail"]
+    try:
+        previous = storage.read_table(*asset_parts(asset_key), columns=[*key_columns, "rejected_at"])
+    except Exception as error:  # why: an unreadable old output only costs the original times
+        log.warning(f"Previous {asset_key.to_user_string()} unreadable, rejects get this run's time: {error}")
+        return rejected
+    if previous is None or previous.num_rows == 0 or rejected.num_rows == 0:
+        return rejected
+    first = previous.cast(pa.schema([REJECTS_SCHEMA.field(n) for n in previous.column_names])).group_by(
+        key_columns).aggregate([("rejected_at", "min")])
+    keys = pa.table({"row": np.arange(rejected.num_rows), **{n: rejected[n] for n in key_columns}})
+    joined = keys.join(first, key_columns, join_type="left outer").sort_by("row")
+    rejected_at = pc.coalesce(joined["rejected_at_min"], rejected["rejected_at"]).cast(TIMESTAMP)
+    return rejected.set_column(rejected.schema.get_field_index("rejected_at"), "rejected_at", rejected_at)
 
 
 def utf8_safe(value: str) -> str:
@@ -244,7 +263,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
                            started, labels[source])
             found[source][0] -= 1
             found[source][1] += 1
-        rejected = rejects.table()
+        rejected = keep_rejected_at(rejects.table(), storage, rejects_key, context.log)
         change, collected_at, removed = compare(table, previous, started)
         changes = Counter({row["values"]: row["counts"] for row in pc.value_counts(change).to_pylist()})
         per_source = [[label, *counts, sum(counts)] for label, counts in zip(labels, found, strict=True)]

@@ -87,3 +87,15 @@ def local_ray():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory) -> str:
+    """The packaged SmolLM2 model behind `python -m datamate_resources.llm_server`, one per session (loading the
+    weights takes a while on a busy CPU); yields its base URL, ending in /v1."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("llm_server") / "server.log"
+    args = [sys.executable, "-m", "datamate_resources.llm_server", "--port", str(port)]
+    # Generous start timeout: the weights are de-quantized at start and CI's CPUs are shared.
+    with server_process(args, port, log, timeout=600, cwd=REPO):
+        yield f"http://127.0.0.1:{port}/v1"

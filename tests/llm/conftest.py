@@ -1,7 +1,7 @@
 """Real OpenAI-compatible servers for the LLM tests, on free loopback ports.
 
-- `llm_server`: the packaged SmolLM2 model behind `python -m datamate_resources.llm_server` (one per session:
-  loading the weights takes a while on a busy CPU). Yields its base URL, ending in /v1.
+- `llm_server` (in tests/conftest.py, shared with the reliability suite): the packaged SmolLM2 model behind
+  `python -m datamate_resources.llm_server`. Yields its base URL, ending in /v1.
 - `flaky_llm_server`: a proxy in front of it failing a share of requests (429, 5xx, timeouts, broken JSON,
   non-JSON answers); yields a `FlakyServer` with its base URL and a journal of what it saw.
 - `llm_resource` / `flaky_llm_resource`: `LLMResource(provider="openai")` pointing at those, with timeouts and
@@ -34,16 +34,6 @@ class FlakyServer:
         if not self.journal.exists():
             return []
         return [json.loads(line) for line in self.journal.read_text(encoding="utf-8").splitlines()]
-
-
-@pytest.fixture(scope="session")
-def llm_server(tmp_path_factory) -> str:
-    port = free_port()
-    log = tmp_path_factory.mktemp("llm_server") / "server.log"
-    args = [sys.executable, "-m", "datamate_resources.llm_server", "--port", str(port)]
-    # Generous start timeout: the weights are de-quantized at start and CI's CPUs are shared.
-    with server_process(args, port, log, timeout=600, cwd=REPO):
-        yield f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.fixture
