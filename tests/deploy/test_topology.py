@@ -91,7 +91,7 @@ def test_pipeline_runs_on_the_production_topology(tmp_path, postgres_dagster_hom
 
     llm = [sys.executable, "-m", "datamate_resources.llm_server", "--port", str(llm_port)]
     with ray_cluster(workers=1, cpus_per_worker=2, logs=logs) as ray, \
-            milvus_standalone(tmp_path / "milvus", logs) as milvus_uri, \
+            milvus_standalone(logs / "milvus") as milvus_uri, \
             server_process(llm, llm_port, logs / "llm.log", timeout=600, cwd=REPO):
         env = {
             "DATAMATE_HOME": str(tmp_path / "datamate_home"),
@@ -131,6 +131,7 @@ def test_pipeline_runs_on_the_production_topology(tmp_path, postgres_dagster_hom
         assert any("_ray_segment" in name for name in tasks["worker"]), tasks  # the recipe's mappers/filters
         assert any("EmbeddingWorker.embed" in name for name in tasks["worker"]), tasks  # the chunks' vectors
         assert not tasks["elsewhere"], tasks
+        assert set(actor_nodes(ray.dashboard_url, "EmbeddingWorker")) == {"worker"}  # the model actors
         check_chunks_in_milvus(milvus_uri, materialized[dg.AssetKey([DATASET, "chunks"])]["dagster/row_count"])
 
 
@@ -171,7 +172,7 @@ def ray_tasks(dashboard_url: str) -> dict[str, list[str]]:
     """Finished Ray tasks by where they ran: on the worker node, or anywhere else (the head has no CPUs).
 
     The driver itself (the run process, attached to the head) is a DRIVER_TASK entry, not work: left out.
-    Ray's private actors are left out too (below).
+    Actor start-ups and Ray's private actors are left out too (below).
     """
     from ray.util.state import list_nodes, list_tasks
 
@@ -179,12 +180,24 @@ def ray_tasks(dashboard_url: str) -> dict[str, list[str]]:
     placed: dict[str, list[str]] = {"worker": [], "elsewhere": []}
     for task in list_tasks(address=dashboard_url, filters=[("state", "=", "FINISHED")], limit=10_000,
                            raise_on_missing_output=False):
-        # Ray Data's own coordinators (`_AutoscalingCoordinatorActor`, `_StatsActor`…) need no CPU and may
-        # live on the head; they schedule and count, they do no data work.
-        if task.type == "DRIVER_TASK" or (task.type.startswith("ACTOR") and task.name.startswith("_")):
+        # Actor start-ups are not work (where the embedding actors live is checked by `actor_nodes`), and Ray
+        # Data's own coordinators (`_AutoscalingCoordinatorActor`, `_StatsActor`…) need no CPU and may live
+        # on the head: they schedule and count, they do no data work.
+        if task.type in ("DRIVER_TASK", "ACTOR_CREATION_TASK") or (task.type == "ACTOR_TASK"
+                                                                    and task.name.startswith("_")):
             continue
         placed["worker" if task.node_id in worker_nodes else "elsewhere"].append(f"{task.type}:{task.name}")
     return placed
+
+
+def actor_nodes(dashboard_url: str, class_name: str) -> list[str]:
+    """For every actor of `class_name` the run created: "worker" or "elsewhere", by the node it lived on."""
+    from ray.util.state import list_actors, list_nodes
+
+    worker_nodes = {node.node_id for node in list_nodes(address=dashboard_url) if not node.is_head_node}
+    actors = list_actors(address=dashboard_url, filters=[("class_name", "=", class_name)], limit=1_000,
+                         raise_on_missing_output=False)
+    return ["worker" if actor.node_id in worker_nodes else "elsewhere" for actor in actors]
 
 
 def check_outputs_in_s3(materialized: dict[dg.AssetKey, dict], s3_endpoint: str) -> None:

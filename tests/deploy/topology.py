@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.servers import free_port, server_process, stop_process_group
+from tests.servers import free_port, milvus_server, stop_process_group
 
 BIN = Path(sys.executable).parent
 NODE_ATTEMPTS = 5  # a 2-core machine at load 15-20 needed more than 3 (see docs/production.md)
@@ -124,12 +124,11 @@ def kill_leftovers(marker: str) -> None:
 
 
 @contextlib.contextmanager
-def milvus_standalone(data_dir: Path, logs: Path) -> Iterator[str]:
-    """The Milvus 2.3 standalone server of the `milvus` package (with its embedded etcd); yields its URI."""
+def milvus_standalone(data_dir: Path) -> Iterator[str]:
+    """The Milvus 2.3 standalone server of the `milvus` package (see `tests.servers.milvus_server`); its log
+    is beside `data_dir`."""
     port = free_port()
-    args = [str(BIN / "milvus-server"), "--data", str(data_dir), "--proxy-port", str(port),
-            "--etcd-port", str(free_port())]
-    with server_process(args, port, logs / "milvus.log", timeout=180):
+    with milvus_server(data_dir, port):
         yield f"http://127.0.0.1:{port}"
 
 

@@ -4,8 +4,8 @@ import pytest
 
 from datamate_resources.milvus import KnowledgeBase, MilvusResource, MilvusUnavailableError
 from operators.chunking import ChunkingConfig, chunk_documents
-from tests.indexing.conftest import DOCS, kill_process_group, milvus_server
-from tests.servers import free_port
+from tests.indexing.conftest import DOCS
+from tests.servers import free_port, kill_process_group, milvus_server
 
 
 class StopServerAfter:
