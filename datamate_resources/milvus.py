@@ -35,6 +35,9 @@ log = logging.getLogger("datamate.milvus")
 
 VARCHAR_MAX = 65_535
 DELETE_BATCH = 1_000
+# Loading a collection into Milvus Lite builds the index of every segment not indexed yet, in this process (HNSW
+# with faiss: 0.4-3 ms per 384-d row measured on 2 busy cores), so the timeout of a load grows with the rows.
+INDEX_SECONDS_PER_ROW = 0.01
 RRF_K = 60
 LAYOUT_PROPERTY = "datamate.layout"
 OUTPUT_FIELDS = ["chunk_id", "doc_id", "text", "source_uri", "position", "headings"]
@@ -121,6 +124,10 @@ def supports_bm25(client: MilvusClient) -> bool:
     if version.startswith("milvus_lite"):
         return numbers >= [3, 0]
     return numbers >= [2, 5]
+
+
+def is_milvus_lite(client: MilvusClient) -> bool:
+    return client.get_server_version().startswith("milvus_lite")
 
 
 def index_params_for(index_type: str, rows: int) -> dict:
@@ -220,10 +227,21 @@ class KnowledgeBase:
         except (KeyError, ValueError, TypeError):
             return None  # not made by DataMate: treated as a different layout
 
-    def _load(self) -> None:
-        """A server loads collections into memory on request only (e.g. not after a restart); idempotent."""
+    def _load(self, rows: int | None = None) -> None:
+        """A server loads collections into memory on request only (e.g. not after a restart); idempotent.
+
+        Milvus Lite builds the index of each segment not indexed yet inside this call (after a bulk load, or a run
+        killed before its index was built), so the timeout allows for `rows` (default: the stored row count).
+        """
         with self._milvus("loading the collection"):
-            self.client.load_collection(self.name, timeout=self.timeout)
+            if rows is None:
+                rows = int(self.client.get_collection_stats(self.name, timeout=self.timeout).get("row_count", 0))
+            self.client.load_collection(self.name, timeout=self.timeout + rows * INDEX_SECONDS_PER_ROW)
+
+    def _dimension(self) -> int:
+        """The model's vector size: declared by the local model, else probed with one query."""
+        declared = getattr(self.embeddings, "dimension", None)
+        return declared if isinstance(declared, int) else len(self.embeddings.embed_query("dimension probe"))
 
     def count(self) -> int:
         with self._milvus("counting"):
@@ -252,23 +270,35 @@ class KnowledgeBase:
         schema.add_field("source_uri", DataType.VARCHAR, max_length=4_096)
         schema.add_field("recipe_hash", DataType.VARCHAR, max_length=128)
         schema.add_field("dense", DataType.FLOAT_VECTOR, dim=layout.dim)
-        index_params = self.client.prepare_index_params()
-        index_params.add_index(
-            "dense", index_type=layout.index_type, metric_type="COSINE", params=layout.index_params
-        )
         if layout.hybrid:
             schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
             schema.add_function(
                 Function(name="text_bm25", function_type=FunctionType.BM25, input_field_names=["text"],
                          output_field_names=["sparse"])
             )
-            index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         with self._milvus("creating the collection"):
             # Strong consistency: a count or search right after an upsert sees it (the 2.3 server is Bounded).
             self.client.create_collection(
-                self.name, schema=schema, index_params=index_params, consistency_level="Strong",
+                self.name, schema=schema, consistency_level="Strong",
                 properties={LAYOUT_PROPERTY: json.dumps(asdict(layout))}, timeout=self.timeout,
             )
+        self._ensure_indexes(layout)
+
+    def _ensure_indexes(self, layout: Layout) -> None:
+        """Declares the indexes (also those of a run killed between creating the collection and its indexes).
+
+        Without pymilvus' wait for each index (`sync=False`): it polls every 0.5 s, 1 s per hybrid collection,
+        while there is nothing to build yet (a server indexes segments as they are sealed, Milvus Lite on load).
+        """
+        wanted = {"dense": {"index_type": layout.index_type, "metric_type": "COSINE", "params": layout.index_params}}
+        if layout.hybrid:
+            wanted["sparse"] = {"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "BM25"}
+        with self._milvus("creating the indexes"):
+            for field_name, index in wanted.items():
+                if not self.client.list_indexes(self.name, field_name=field_name, timeout=self.timeout):
+                    index_params = self.client.prepare_index_params()
+                    index_params.add_index(field_name, **index)
+                    self.client.create_index(self.name, index_params, timeout=self.timeout, sync=False)
 
     def _rows(self, chunks: list[dict], vectors: list[list[float]]) -> list[dict]:
         rows = []
@@ -302,15 +332,23 @@ class KnowledgeBase:
         batch_size: int = 256,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> SyncReport:
-        """Make the collection hold exactly these chunks: embed and upsert new ones, delete stale ones."""
+        """Make the collection hold exactly these chunks: embed and upsert new ones, delete stale ones.
+
+        Into an empty Milvus Lite collection (first build, rebuild) the chunks are bulk-loaded: the collection is
+        released while they are written and loaded once at the end, which builds the index of each segment before
+        `sync` returns (phase `index`). A loaded Milvus Lite collection indexes each segment in a background thread
+        of this process when it is flushed instead: that build competed with the model for the CPU and was still
+        running when `sync` returned (searches meanwhile scan the segment's vectors without the index).
+        """
         report = SyncReport(chunks=chunks.num_rows)
         self._search_layout = None
         started = time.perf_counter()
         with self._milvus("connecting"):
             bm25 = hybrid and supports_bm25(self.client)
+            lite = is_milvus_lite(self.client)
         if hybrid and not bm25:
             self.log.info(f"{self.where} has no BM25 full-text search (needs Milvus ≥ 2.5): dense-only index")
-        dim = len(self.embeddings.embed_query("dimension probe"))
+        dim = self._dimension()
         wanted = Layout(self.model_name, dim, bm25, index_type, index_params_for(index_type, chunks.num_rows))
         current = self.layout()
         if current is not None and not current.same_vectors(wanted):
@@ -322,6 +360,8 @@ class KnowledgeBase:
         if current is None:
             self._create(wanted)
             current = wanted
+        else:
+            self._ensure_indexes(current)
         self._load()
         report.layout = current
         report.seconds["prepare"] = time.perf_counter() - started
@@ -333,6 +373,7 @@ class KnowledgeBase:
         new = [row for row in rows if row["chunk_id"] not in stored]
         stale = sorted(stored - wanted_ids)
         report.unchanged = len(wanted_ids & stored)
+        bulk = lite and not stored and bool(new)
         report.seconds["diff"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -343,6 +384,9 @@ class KnowledgeBase:
         report.deleted = len(stale)
         report.seconds["delete"] = time.perf_counter() - started
 
+        if bulk:
+            with self._milvus("releasing the collection for a bulk load"):
+                self.client.release_collection(self.name, timeout=self.timeout)
         report.seconds["embed"], report.seconds["upsert"] = self._embed_and_upsert(new, batch_size, on_progress)
         report.embedded = len(new)
 
@@ -354,6 +398,11 @@ class KnowledgeBase:
             with self._milvus("flushing"):
                 self.client.flush(self.name, timeout=self.timeout)
         report.seconds["flush"] = time.perf_counter() - started
+
+        if bulk:
+            started = time.perf_counter()
+            self._load(rows=len(new))  # builds the index of every segment, once, before returning
+            report.seconds["index"] = time.perf_counter() - started
 
         started = time.perf_counter()
         report.vectors = self.count()

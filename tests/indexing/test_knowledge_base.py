@@ -97,3 +97,46 @@ def test_unreachable_server_is_named(embeddings):
     with pytest.raises(MilvusUnavailableError, match=f"Milvus server at 127.0.0.1:{port} is unreachable"):
         with milvus.get_client():
             pass
+
+
+class FailAt:
+    """The real model, failing at embedding call `at` (a run that dies in the middle of indexing)."""
+
+    def __init__(self, inner, at: int):
+        self.inner, self.at, self.documents = inner, at, 0
+
+    def embed_documents(self, texts):
+        self.at -= 1
+        if self.at == 0:
+            raise RuntimeError("the run died")
+        self.documents += len(texts)
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text):
+        return self.inner.embed_query(text)
+
+
+def test_an_interrupted_bulk_load_resumes(lite, embeddings):
+    """A first build in Milvus Lite releases the collection while writing and builds the index at the end; a run
+    that dies in between leaves a released, partly filled collection, which the next sync loads and completes."""
+    rows = [{"doc_id": f"{name}{n}", "text": f"Part {n}. {text}", "source_uri": f"file:///{name}{n}.txt"}
+            for n in range(3) for name, text in DOCS.items()]
+    chunks = chunk_documents(rows, ChunkingConfig("recursive", 120, 0)).chunks
+    dying = FailAt(embeddings.get_embeddings(), at=3)
+    with lite.get_client() as client, pytest.raises(RuntimeError, match="the run died"):
+        KnowledgeBase(client, "bulk", dying, embeddings.model_name).sync(chunks, batch_size=16)
+    assert dying.documents == 32
+
+    with lite.get_client() as client:  # reopened, as the next run would
+        counting = CountingEmbeddings(embeddings.get_embeddings())
+        kb = KnowledgeBase(client, "bulk", counting, embeddings.model_name)
+        report = kb.sync(chunks, batch_size=16)
+        assert (report.unchanged, report.embedded) == (32, chunks.num_rows - 32) == (32, counting.documents)
+        assert "index" not in report.seconds  # not empty at the start: no bulk load
+        assert sorted(kb.chunk_ids()) == sorted(chunks["chunk_id"].to_pylist()) and report.vectors == chunks.num_rows
+        assert kb.search(["Which port does the SSH server listen on?"], k=1)[0][0]["doc_id"].startswith("ssh")
+
+        fresh = KnowledgeBase(client, "bulk_fresh", embeddings.get_embeddings(), embeddings.model_name)
+        report = fresh.sync(chunks, batch_size=16)
+        assert "index" in report.seconds and report.vectors == chunks.num_rows
+        assert client.get_load_state(fresh.name)["state"].name == "Loaded"
