@@ -12,9 +12,8 @@ Providers:
   comes from `DATAMATE_EMBEDDINGS_API_KEY` through `dg.EnvVar`.
 """
 
-import functools
 from collections.abc import Callable
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Literal
 
 import dagster as dg
@@ -87,8 +86,8 @@ class MiniLMOnnxEmbeddings(Embeddings):
 class RayEmbeddings(Embeddings):
     """Embeds documents on the connected Ray cluster: one actor per CPU, each loading the model once.
 
-    Documents go out in batches of `batch_size` to an `ActorPool` and come back in order; queries (one text,
-    latency-bound) are embedded in-process. Call `ray.init` first (the `ray` resource does).
+    Texts go out in batches of `batch_size` to an `ActorPool` and come back in order (a query is a batch of
+    one). Call `ray.init` first (the `ray` resource does); `close()` ends the actors.
     """
 
     def __init__(self, make_model: Callable[[], Embeddings], batch_size: int = 64, actors: int | None = None):
@@ -146,15 +145,12 @@ class EmbeddingsResource(dg.ConfigurableResource):
 
     def get_embeddings(self) -> Embeddings:
         if self._embeddings is None:
-            self._embeddings = self._build()
+            self._embeddings = self.model_factory()()
         return self._embeddings
-
-    def _build(self) -> Embeddings:
-        return self.model_factory()()
 
     def model_factory(self) -> Callable[[], Embeddings]:
         """Builds this model anywhere, e.g. in a Ray actor (the resource itself does not pickle)."""
-        return functools.partial(
+        return partial(
             make_embeddings, self.provider, self.base_url, self.model, self.api_key, self.batch_size,
             self.max_retries, self.timeout_seconds,
         )
