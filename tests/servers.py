@@ -166,3 +166,17 @@ def wait_until_serving(uri: str, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(2)
+
+
+@contextlib.contextmanager
+def background_process(args: list[str], log: Path, *, env: dict | None = None, cwd: Path | None = None
+                       ) -> Iterator[subprocess.Popen]:
+    """A server with no port of its own to wait for (dagster-daemon); its whole group is stopped after.
+    The log is appended to, so a server restarted on the same log keeps its history."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, **(env or {})}, cwd=cwd)
+    try:
+        yield process
+    finally:
+        stop_process_group(process)

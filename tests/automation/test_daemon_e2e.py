@@ -10,8 +10,6 @@ later are covered without editing this test.
 """
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ from dagster._core.storage.tags import SENSOR_NAME_TAG
 
 from datamate_assets.automation import INBOX_FILES_TAG
 from tests.conftest import BIN, REPO, S3_KEYS
-from tests.servers import free_port, server_process, stop_process_group
+from tests.servers import background_process, free_port, server_process
 
 # e2e: the real daemon carrying files through every stage; `make test-e2e` (too heavy for CI's 2 cores).
 pytestmark = pytest.mark.e2e
@@ -109,14 +107,6 @@ def tail(logs: list[Path]) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in logs if p.exists())
 
 
-def start_daemon(cwd: Path, log: Path) -> subprocess.Popen:
-    # The daemon listens on no port, so it is started here rather than with server_process.
-    with open(log, "ab") as out:
-        return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(cwd / "workspace.yaml")],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ), cwd=cwd)
-
-
 def inbox_batches(instance: DagsterInstance) -> list[list[str]]:
     records = instance.get_run_records(RunsFilter(tags={SENSOR_NAME_TAG: f"{DATASET}_inbox_sensor"}))
     return [json.loads(r.dagster_run.tags[INBOX_FILES_TAG]) for r in sorted(records, key=lambda r: r.create_timestamp)]
@@ -165,35 +155,27 @@ def test_inbox_files_flow_through_the_stages_once(tmp_path, monkeypatch, postgre
     instance = DagsterInstance.get()
     daemon_log, webserver_log = tmp_path / "daemon.log", tmp_path / "webserver.log"
     logs = [daemon_log, webserver_log]
-    daemon = None
-    try:
-        with server_process([str(BIN / "dagster-webserver"), "-w", str(tmp_path / "workspace.yaml"), "-h",
-                             "127.0.0.1", "-p", str(port)], port, webserver_log, timeout=300, cwd=tmp_path):
-            graph = asset_graph(port)
-            collected = [AssetKey([DATASET, "collected"])]
-            assets = downstream_of(graph, collected)
-            # The stages this test is about, besides whatever else follows them (the dbt reports).
-            for stage in ("collected", "cleaned", "annotated", "chunks", "indexed"):
-                assert AssetKey([DATASET, stage]) in assets, sorted(a.to_user_string() for a in assets)
-            started = time.time()
-            daemon = start_daemon(tmp_path, daemon_log)
+    daemon = [str(BIN / "dagster-daemon"), "run", "-w", str(tmp_path / "workspace.yaml")]
+    with server_process([str(BIN / "dagster-webserver"), "-w", str(tmp_path / "workspace.yaml"), "-h",
+                         "127.0.0.1", "-p", str(port)], port, webserver_log, timeout=300, cwd=tmp_path):
+        graph = asset_graph(port)
+        collected = [AssetKey([DATASET, "collected"])]
+        assets = downstream_of(graph, collected)
+        # The stages this test is about, besides whatever else follows them (the dbt reports).
+        for stage in ("collected", "cleaned", "annotated", "chunks", "indexed"):
+            assert AssetKey([DATASET, stage]) in assets, sorted(a.to_user_string() for a in assets)
+        started = time.time()
+        with background_process(daemon, daemon_log, cwd=tmp_path):
             wait_until_settled(instance, graph, assets, started, inbox_runs=1, logs=logs)
 
-            # A daemon restart loses nothing: files added or changed while it is down start exactly one run,
-            # and the restarted daemon's first ticks do not repeat the first batch.
-            stop_process_group(daemon)
-            daemon = None
-            drop_local("ssh.txt", "OpenSSH")
-            drop_local("nfs.txt", "nfs")
-            drop_s3("lvm.txt", "lvm")
-            restarted = time.time()
-            daemon = start_daemon(tmp_path, daemon_log)
+        # A daemon restart loses nothing: files added or changed while it is down start exactly one run,
+        # and the restarted daemon's first ticks do not repeat the first batch.
+        drop_local("ssh.txt", "OpenSSH")
+        drop_local("nfs.txt", "nfs")
+        drop_s3("lvm.txt", "lvm")
+        restarted = time.time()
+        with background_process(daemon, daemon_log, cwd=tmp_path):
             wait_until_settled(instance, graph, assets, restarted, inbox_runs=2, logs=logs)
-            stop_process_group(daemon)
-            daemon = None
-    finally:
-        if daemon is not None:
-            stop_process_group(daemon)
 
     runs = instance.get_runs()
     assert all(r.status == DagsterRunStatus.SUCCESS for r in runs), describe(instance)

@@ -30,8 +30,8 @@ from pymilvus import MilvusClient
 
 from datamate_resources.milvus import collection_name
 from tests.conftest import BIN, REPO, S3_KEYS
-from tests.deploy.topology import background_process, milvus_standalone, ray_cluster
-from tests.servers import free_port, server_process
+from tests.deploy.topology import milvus_standalone, ray_cluster
+from tests.servers import background_process, free_port, server_process
 
 DATASET = "debian_docs"
 JOB = f"{DATASET}_pipeline"

@@ -12,7 +12,6 @@ loopback interface. (The other way round, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, k
 """
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.servers import free_port, milvus_server, stop_process_group
+from tests.servers import background_process, free_port, milvus_server
 
 BIN = Path(sys.executable).parent
 NODE_ATTEMPTS = 5  # a 2-core machine at load 15-20 needed more than 3 (see docs/production.md)
@@ -130,16 +129,3 @@ def milvus_standalone(data_dir: Path) -> Iterator[str]:
     port = free_port()
     with milvus_server(data_dir, port):
         yield f"http://127.0.0.1:{port}"
-
-
-@contextlib.contextmanager
-def background_process(args: list[str], log: Path, *, env: dict | None = None, cwd: Path | None = None
-                       ) -> Iterator[subprocess.Popen]:
-    """A server with no port of its own to wait for (dagster-daemon); its whole group is stopped after."""
-    with open(log, "wb") as out:
-        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, **(env or {})}, cwd=cwd)
-    try:
-        yield process
-    finally:
-        stop_process_group(process)

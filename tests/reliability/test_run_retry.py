@@ -34,7 +34,7 @@ from datamate_resources.settings import Settings
 from tests.conftest import BIN, REPO
 from tests.reliability.faults import TOPICS, milvus_rows, output_digests, run_failures, stage_assets
 from tests.reliability.gated_embeddings import read_journal
-from tests.servers import free_port, server_process, stop_process_group
+from tests.servers import background_process, free_port, server_process, stop_process_group
 
 TIMEOUT = 300  # per wait; bounded, generous because the 2 cores are shared
 KILLED = "killed"  # the dataset of the run-kill test
@@ -157,12 +157,9 @@ def test_run_worker_killed_mid_stage_is_retried_by_the_daemon(tmp_path, killed_r
         instance.get_runs()  # creating them at once race ("table alembic_version already exists")
         instance.all_instigator_state()
     daemon_log = tmp_path / "daemon.log"
-    with open(daemon_log, "wb") as out:  # the daemon listens on no port: started here rather than by server_process
-        daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], stdout=out,
-                                  stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
-                                  env=os.environ.copy())
     run_id = str(uuid.uuid4())
-    try:
+    daemon_args = [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)]
+    with background_process(daemon_args, daemon_log, cwd=tmp_path) as daemon:
         # Queued like a launch from the UI; the daemon dequeues it and the code server starts the run worker.
         launch = subprocess.Popen(
             [str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", f"{KILLED}_pipeline",
@@ -220,8 +217,6 @@ def test_run_worker_killed_mid_stage_is_retried_by_the_daemon(tmp_path, killed_r
             event = instance.get_latest_materialization_event(dg.AssetKey([KILLED, "indexed"]))
             meta = {name: value.value for name, value in event.asset_materialization.metadata.items()}
             assert event.run_id == retry.run_id
-    finally:
-        stop_process_group(daemon)
 
     # The retry embedded what Milvus did not hold yet (the first batch survived the kill in the runs measured).
     assert meta["embedded"] + meta["unchanged"] == meta["vectors"] == case.chunks
