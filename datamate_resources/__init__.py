@@ -3,7 +3,7 @@
 import dagster as dg
 
 from datamate_resources.embeddings import build_embeddings
-from datamate_resources.io_manager import ParquetIOManager
+from datamate_resources.io_manager import DeltaIOManager
 from datamate_resources.llm import LLMResource
 from datamate_resources.milvus import build_milvus
 from datamate_resources.ray import build_ray
@@ -38,7 +38,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
     storage = build_storage(settings)
     return {
         "storage": storage,
-        "io_manager": ParquetIOManager(storage=storage),
+        "io_manager": DeltaIOManager(storage=storage),
         "milvus": build_milvus(settings),
         "embeddings": build_embeddings(settings),
         "ray": build_ray(settings.ray_address),
