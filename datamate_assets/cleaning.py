@@ -1,22 +1,32 @@
 """Cleaning stage: `<dataset>/collected` → `<dataset>/cleaned` + `<dataset>/cleaning_drops` with the spec's recipe.
 
-Incremental: documents whose doc_id already went through the same recipe (previous `cleaned` or
-`cleaning_drops` in storage with the same recipe_hash) are reused; only new or changed documents run, and they
-are deduplicated against the previously kept ones. A recipe change changes the code version and reprocesses all.
+The collected table is streamed in batches through the recipe (operators/stream.py); kept rows and drops are
+spilled to local files as they come, then committed as one Delta version each. Incremental: documents that
+already went through the same recipe (previous `cleaned` or `cleaning_drops` with the same recipe_hash) are left
+as they are; only new or changed documents run, deduplicated against the previously kept ones, and their results
+are merged in (removed documents deleted). A recipe change changes the code version and reprocesses all.
 """
 
 import json
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
 
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
-from datamate_resources.io_manager import asset_parts
+from datamate_resources import tables
 from datamate_resources.ray import DatamateRay
 from datamate_resources.storage import ObjectStore
-from operators.recipe import Recipe, RecipeResult, StepStats, run_local, run_ray
+from datamate_resources.tables import TableRef
+from operators.recipe import Recipe, StepStats, run_ray
+from operators.stream import INDEX_SCHEMA, ParquetSink, run_stream
 
 DROPS_COLUMNS = ["doc_id", "source_uri", "operator", "reason", "text"]
 
@@ -49,49 +59,52 @@ def examples_markdown(stats: list[StepStats]) -> str:
     return "\n".join(lines) or "_no document was changed or dropped_"
 
 
-def _previous(storage: ObjectStore, spec: DatasetSpec, stage: str) -> pa.Table | None:
-    return storage.read_table(*asset_parts(key(spec, stage)))
-
-
-def _drops_table(result_drops: pa.Table) -> pa.Table:
-    columns = {}
-    for name in DROPS_COLUMNS:
-        column = result_drops.column(name) if name in result_drops.column_names else None
-        columns[name] = (column.cast(pa.string()) if column is not None
-                         else pa.nulls(result_drops.num_rows, pa.string()))
-    return pa.table(columns)
-
-
 def build_defs(spec: DatasetSpec) -> dg.Definitions:
     if spec.cleaning is None:
         return dg.Definitions()
     section = spec.cleaning
     # Fails at load time with operator, parameter and reason, before any data is read.
     recipe = Recipe.from_process(section.process, section.text_key)
-    def clean(context: dg.AssetExecutionContext, storage: ObjectStore, collected: pa.Table, on_ray: bool):
-        new, reused_kept, reused_drops = _split_incremental(storage, spec, recipe, collected)
-        context.log.info(f"{new.num_rows} new or changed documents to clean, "
-                         f"{reused_kept.num_rows + reused_drops.num_rows} reused (recipe {recipe.hash})")
-        reference = reused_kept.drop_columns(["recipe_hash"]) if reused_kept.num_rows else None
-        if on_ray and reference is None:
-            result = run_ray(recipe, new, log=context.log.info)
-        else:
-            if on_ray:  # incremental dedup against published docs is implemented in-process
-                context.log.info("incremental run: using the local executor for the new documents")
-            result = run_local(recipe, new, reference=reference, log=context.log.info)
-        cleaned = pa.concat_tables([reused_kept, _with_hash(result.kept, recipe.hash)], promote_options="permissive")
-        drops = pa.concat_tables([reused_drops, _drops_table(result.drops)], promote_options="permissive")
-        yield dg.Output(cleaned, "cleaned", metadata=_metadata(result, collected, cleaned, drops, new.num_rows))
-        yield dg.Output(drops, "cleaning_drops", metadata={
-            "by_operator": dg.MetadataValue.md(_drops_by_operator(drops)),
+    cleaned_key = key(spec, "cleaned")
+
+    def clean(context: dg.AssetExecutionContext, storage: ObjectStore, collected: TableRef, on_ray: bool):
+        plan = Plan.make(storage, spec.name, recipe, collected)
+        context.log.info(f"{plan.new_count} new or changed documents to clean, {plan.reused} reused, "
+                         f"{plan.removed_count} removed (recipe {recipe.hash})")
+        with tempfile.TemporaryDirectory(prefix="datamate-cleaning-") as work:
+            kept, drops = ParquetSink(Path(work) / "kept.parquet"), ParquetSink(Path(work) / "drops.parquet")
+            if on_ray and not plan.incremental:
+                # TODO(#14): Ray workers read and write the tables themselves; today the new documents pass here.
+                result = run_ray(recipe, pa.Table.from_batches(list(plan.new_batches()), collected.schema),
+                                 log=context.log.info)
+                kept.write(result.kept)
+                drops.write(result.drops)
+                stats = result.stats
+            else:
+                if on_ray:  # incremental dedup against the published documents runs in this process (#14)
+                    context.log.info("incremental run: using the local executor for the new documents")
+                stats = run_stream(recipe, plan.new_batches(), Path(work), kept, drops, index=plan.signatures(),
+                                   identity=_identity, num_proc=section.num_proc, log=context.log.info).stats
+            kept.close()
+            drops.close()
+            cleaned_ref, drops_ref, index_ref = plan.commit(storage, spec.name, Path(work), kept, drops,
+                                                             context.run.run_id)
+        cumulative = _cumulative(context, cleaned_key, stats, plan.incremental)
+        metadata = _metadata(recipe, plan, stats, cumulative, kept.rows, drops.rows)
+        if index_ref is not None:  # kept beside the table it indexes; `datamate datasets` lists it too
+            metadata["signature_index"] = dg.MetadataValue.md(f"`{index_ref.uri}` version {index_ref.version}, "
+                                                              f"{index_ref.num_rows} rows")
+        yield dg.Output(cleaned_ref, "cleaned", metadata=metadata)
+        yield dg.Output(drops_ref, "cleaning_drops", metadata={
+            "by_operator": dg.MetadataValue.md(_drops_by_operator(drops_ref)),
         })
 
     # Only datasets that run on Ray ask for the Ray resource, so a local run never starts Ray.
     if section.executor == "ray":
-        def compute(context: dg.AssetExecutionContext, storage: ObjectStore, ray: DatamateRay, collected: pa.Table):
+        def compute(context: dg.AssetExecutionContext, storage: ObjectStore, ray: DatamateRay, collected: TableRef):
             yield from clean(context, storage, collected, on_ray=True)
     else:
-        def compute(context: dg.AssetExecutionContext, storage: ObjectStore, collected: pa.Table):
+        def compute(context: dg.AssetExecutionContext, storage: ObjectStore, collected: TableRef):
             yield from clean(context, storage, collected, on_ray=False)
 
     cleaning = dg.multi_asset(
@@ -99,7 +112,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         group_name=spec.name,
         ins={"collected": dg.AssetIn(key(spec, "collected"))},
         outs={
-            "cleaned": dg.AssetOut(key=key(spec, "cleaned"), code_version=recipe.hash,
+            "cleaned": dg.AssetOut(key=cleaned_key, code_version=recipe.hash,
                                    description=f"Collected documents after the cleaning recipe {recipe.hash}"),
             "cleaning_drops": dg.AssetOut(key=key(spec, "cleaning_drops"), code_version=recipe.hash,
                                           description="Documents the recipe dropped, with operator and reason"),
@@ -108,53 +121,155 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
     return dg.Definitions(assets=[cleaning])
 
 
-def _with_hash(table: pa.Table, recipe_hash: str) -> pa.Table:
-    return table.append_column("recipe_hash", pa.array([recipe_hash] * table.num_rows, pa.string()))
+DELETED = "__deleted"
+IDENTITY = ["doc_id", "source_uri"]
+INDEX_STAGE = "dedup_index"  # the signature index of the published documents, beside `cleaned`
 
 
-def _split_incremental(storage: ObjectStore, spec: DatasetSpec, recipe: Recipe, collected: pa.Table):
-    """(documents to run, previously kept rows to reuse, previous drops to reuse) under the same recipe."""
-    empty_kept = _with_hash(collected.slice(0, 0), recipe.hash)
-    empty_drops = _drops_table(pa.table({name: pa.array([], pa.string()) for name in DROPS_COLUMNS}))
-    previous = _previous(storage, spec, "cleaned")
-    previous_drops = _previous(storage, spec, "cleaning_drops")
-    if previous is None or previous_drops is None or previous.num_rows == 0 and previous_drops.num_rows == 0:
-        return collected, empty_kept, empty_drops
-    if "recipe_hash" not in previous.column_names or set(previous.column("recipe_hash").to_pylist()) - {recipe.hash}:
-        return collected, empty_kept, empty_drops
-    # a document is the same when both its text (doc_id) and its source are: identical copies from two
-    # sources are two inputs, and one of them is a duplicate
-    current = _identity(collected)
-    kept = previous.filter(pc.is_in(_identity(previous), current))
-    drops = previous_drops.filter(pc.is_in(_identity(previous_drops), current))
-    done = pa.concat_arrays([_identity(kept), _identity(drops)])
-    new = collected.filter(pc.invert(pc.is_in(current, done)))
-    return new, kept, _drops_table(drops)
-
-
-def _identity(table: pa.Table) -> pa.Array:
-    columns = [table.column(name).cast(pa.string()).combine_chunks() for name in ("doc_id", "source_uri")]
+def _identity(table: pa.Table | pa.RecordBatch) -> pa.Array:
+    """A document is the same when both its text (doc_id) and its source are: identical copies from two sources
+    are two inputs, and one of them is a duplicate."""
+    columns = [pc.cast(table.column(name), pa.string()) for name in IDENTITY]
     return pc.binary_join_element_wise(*columns, "\x1f")
 
 
-def _drops_by_operator(drops: pa.Table) -> str:
-    if drops.num_rows == 0:
+class Plan:
+    """What a run does, decided on the identity columns only (the texts are never loaded)."""
+
+    def __init__(self, collected: TableRef, previous: TableRef | None, index: TableRef | None, recipe: Recipe,
+                 done: pa.Array, current: pa.Array):
+        self.collected, self.previous, self.index, self.recipe = collected, previous, index, recipe
+        self.incremental = previous is not None
+        self.current = current
+        self.new = pc.filter(current, pc.invert(pc.is_in(current, done))) if self.incremental else current
+        self.removed = pc.filter(done, pc.invert(pc.is_in(done, current)))
+        self.new_count, self.removed_count = len(self.new), len(self.removed)
+        self.reused = len(current) - self.new_count
+
+    @classmethod
+    def make(cls, storage: ObjectStore, dataset: str, recipe: Recipe, collected: TableRef) -> "Plan":
+        current = _identity(collected.read(IDENTITY)).combine_chunks()
+        previous = tables.current(storage, dataset, "cleaned")
+        previous_drops = tables.current(storage, dataset, "cleaning_drops")
+        index = tables.current(storage, dataset, INDEX_STAGE)
+        if previous is None or previous_drops is None or index is None or not _same_recipe(previous, recipe):
+            return cls(collected, None, None, recipe, pa.array([], pa.string()), current)
+        done = pa.concat_arrays([_identity(ref.read(IDENTITY)).combine_chunks().cast(pa.string())
+                                 for ref in (previous, previous_drops)])
+        return cls(collected, previous, index, recipe, done, current)
+
+    def new_batches(self) -> Iterator[pa.RecordBatch]:
+        for batch in self.collected.batches():
+            if self.incremental:
+                batch = batch.filter(pc.is_in(_identity(batch), self.new))
+            if batch.num_rows:
+                yield batch
+
+    def signatures(self) -> Callable[[int], Iterator[pa.RecordBatch]] | None:
+        """The signature index rows of the published documents still collected, per dedup step."""
+        if not self.incremental:
+            return None
+
+        def rows(step: int) -> Iterator[pa.RecordBatch]:
+            for batch in self.index.batches(filter=pds.field("step") == step):
+                batch = batch.filter(pc.is_in(batch.column("identity"), self.current))
+                if batch.num_rows:
+                    yield batch
+        return rows
+
+    def commit(self, storage: ObjectStore, dataset: str, work: Path, kept: ParquetSink, drops: ParquetSink,
+               run_id: str) -> tuple[TableRef, TableRef, TableRef | None]:
+        """One version per table: written whole on a first run, merged (insert new, delete removed) after; the
+        signature index rewritten whenever anything changed."""
+        kept_schema = pa.schema([*self.collected.schema, pa.field("recipe_hash", pa.string())])
+        drops_schema = pa.schema([(name, pa.string()) for name in DROPS_COLUMNS])
+        refs = []
+        for stage, sink, schema, shape in (("cleaned", kept, kept_schema, self._kept_rows),
+                                           ("cleaning_drops", drops, drops_schema, _drops_rows)):
+            rows = (shape(batch).select(schema.names).cast(schema) for batch in sink.batches())
+            if not self.incremental:
+                refs.append(tables.write(storage, dataset, stage, (b for t in rows for b in t.to_batches()),
+                                         schema=schema, run_id=run_id))
+            elif not sink.rows and not self.removed_count:  # nothing changed: the current version stands
+                refs.append(tables.current(storage, dataset, stage))
+            else:
+                with_flag = pa.schema([*schema, pa.field(DELETED, pa.bool_())])
+                changes = pa.RecordBatchReader.from_batches(with_flag, self._changes(rows, with_flag))
+                refs.append(tables.merge(storage, dataset, stage, changes, IDENTITY, DELETED, run_id=run_id)[0])
+        index = tables.current(storage, dataset, INDEX_STAGE)
+        if not self.incremental or kept.rows or drops.rows or self.removed_count:
+            index_file = pq.ParquetFile(work / "index.parquet") if (work / "index.parquet").exists() else None
+            rows = index_file.iter_batches(batch_size=10_000) if index_file and index_file.metadata.num_rows else []
+            index = tables.write(storage, dataset, INDEX_STAGE, rows, schema=INDEX_SCHEMA, run_id=run_id)
+        return refs[0], refs[1], index
+
+    def _kept_rows(self, batch: pa.RecordBatch) -> pa.Table:
+        table = pa.Table.from_batches([batch])
+        return table.append_column("recipe_hash", pa.repeat(pa.scalar(self.recipe.hash), table.num_rows))
+
+    def _changes(self, rows: Iterator[pa.Table], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        for table in rows:
+            yield from table.append_column(DELETED, pa.repeat(False, table.num_rows)).cast(schema).to_batches()
+        if self.removed_count:
+            doc_ids, sources = zip(*(value.as_py().split("\x1f", 1) for value in self.removed), strict=True)
+            columns = {f.name: pa.nulls(self.removed_count, f.type) for f in schema}
+            columns.update(doc_id=pa.array(doc_ids, pa.string()), source_uri=pa.array(sources, pa.string()),
+                           **{DELETED: pa.repeat(True, self.removed_count)})
+            yield pa.RecordBatch.from_pydict(columns, schema=schema)
+
+
+def _same_recipe(previous: TableRef, recipe: Recipe) -> bool:
+    if "recipe_hash" not in previous.schema.names:
+        return False
+    hashes = pc.unique(previous.read(["recipe_hash"]).column("recipe_hash")).to_pylist()
+    return set(hashes) <= {recipe.hash}
+
+
+def _drops_rows(batch: pa.RecordBatch) -> pa.Table:
+    table = pa.Table.from_batches([batch])
+    return pa.table({name: table.column(name).cast(pa.string()) if name in table.column_names
+                     else pa.nulls(table.num_rows, pa.string()) for name in DROPS_COLUMNS})
+
+
+def _drops_by_operator(drops: TableRef) -> str:
+    operators = drops.read(["operator"])
+    if operators.num_rows == 0:
         return "_nothing dropped_"
-    counts = drops.group_by("operator").aggregate([("doc_id", "count")]).sort_by([("doc_id_count", "descending")])
+    counts = operators.group_by("operator").aggregate([("operator", "count")]).sort_by(
+        [("operator_count", "descending")])
     rows = [f"| `{o}` | {n} |" for o, n in zip(counts.column("operator").to_pylist(),
-                                                counts.column("doc_id_count").to_pylist(), strict=True)]
+                                                counts.column("operator_count").to_pylist(), strict=True)]
     return "\n".join(["| operator | dropped |", "|---|---|", *rows])
 
 
-def _metadata(result: RecipeResult, collected: pa.Table, cleaned: pa.Table, drops: pa.Table, processed: int):
+def _cumulative(context, asset_key: dg.AssetKey, stats: list[StepStats], incremental: bool) -> list[StepStats]:
+    """The whole dataset's per-operator figures: the last materialization's, plus this run's work."""
+    if not incremental:
+        return stats
+    event = context.instance.get_latest_materialization_event(asset_key)
+    previous = event.asset_materialization.metadata.get("cumulative_stats_json") if event else None
+    if previous is None or len(previous.value) != len(stats):
+        return stats
+    total = [StepStats(**{**entry, "examples": []}) for entry in previous.value]
+    for before, now in zip(total, stats, strict=True):
+        before.add(StepStats(**{**asdict(now), "examples": []}))
+    return total
+
+
+def _metadata(recipe: Recipe, plan: Plan, stats: list[StepStats], cumulative: list[StepStats], kept: int,
+              dropped: int) -> dict:
+    whole = "" if cumulative is stats else "\n\n**Whole dataset** (all runs)\n\n" + stats_table(cumulative)
     return {
-        "recipe_hash": dg.MetadataValue.text(result.recipe_hash),
-        "collected": dg.MetadataValue.int(collected.num_rows),
-        "processed": dg.MetadataValue.int(processed),
-        "reused": dg.MetadataValue.int(collected.num_rows - processed),
-        "kept": dg.MetadataValue.int(cleaned.num_rows),
-        "dropped": dg.MetadataValue.int(drops.num_rows),
-        "operator_stats": dg.MetadataValue.md(stats_table(result.stats)),
-        "examples": dg.MetadataValue.md(examples_markdown(result.stats)),
-        "operator_stats_json": dg.MetadataValue.json(json.loads(json.dumps(result.stats_json()))),
+        "recipe_hash": dg.MetadataValue.text(recipe.hash),
+        "collected": dg.MetadataValue.int(len(plan.current)),
+        "processed": dg.MetadataValue.int(plan.new_count),
+        "reused": dg.MetadataValue.int(plan.reused),
+        "removed": dg.MetadataValue.int(plan.removed_count),
+        "kept_this_run": dg.MetadataValue.int(kept),
+        "dropped_this_run": dg.MetadataValue.int(dropped),
+        "operator_stats": dg.MetadataValue.md("**This run**\n\n" + stats_table(stats) + whole),
+        "examples": dg.MetadataValue.md(examples_markdown(stats)),
+        "operator_stats_json": dg.MetadataValue.json(json.loads(json.dumps([asdict(s) for s in stats]))),
+        "cumulative_stats_json": dg.MetadataValue.json(
+            json.loads(json.dumps([{**asdict(s), "examples": []} for s in cumulative]))),
     }

@@ -8,6 +8,7 @@ collected (new + changed) + rejected + unchanged, all in the metadata.
 
 import json
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,11 +19,14 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec, FolderSource, S3Source, SqlSource, WebSource
-from datamate_resources.io_manager import asset_parts
+from datamate_resources import tables
+from datamate_resources.io_manager import dataset_and_stage
 from datamate_resources.storage import ObjectStore
+from datamate_resources.tables import TableRef
 from operators.readers import (
     REASONS,
     Document,
@@ -97,10 +101,10 @@ def source_records(source: Source, spec: DatasetSpec, storage: ObjectStore) -> I
         yield from read_source(item, options) if isinstance(item, SourceFile) else [item]
 
 
-def previous_collected(storage: ObjectStore, asset_key: dg.AssetKey, log) -> pa.Table | None:
-    """source_uri, doc_id, collected_at of the last collected output; None on the first run."""
+def previous_collected(previous: TableRef | None, asset_key: dg.AssetKey, log) -> pa.Table | None:
+    """source_uri, doc_id, collected_at of the last collected version (small columns only); None on the first run."""
     try:
-        table = storage.read_table(*asset_parts(asset_key), columns=["source_uri", "doc_id", "collected_at"])
+        table = None if previous is None else previous.read(["source_uri", "doc_id"])
         if table is not None and pc.count_distinct(table["source_uri"]).as_py() != table.num_rows:
             raise ValueError("source_uri is not unique")
         return None if table is None else table.cast(pa.schema([COLLECTED_SCHEMA.field(n) for n in table.column_names]))
@@ -114,7 +118,8 @@ def keep_rejected_at(rejected: pa.Table, storage: ObjectStore, asset_key: dg.Ass
     unchanged document keeps its collected_at: a re-run on unchanged sources rewrites the same rejects."""
     key_columns = ["source_uri", "reason", "detail"]
     try:
-        previous = storage.read_table(*asset_parts(asset_key), columns=[*key_columns, "rejected_at"])
+        ref = tables.current(storage, *dataset_and_stage(asset_key))
+        previous = None if ref is None else ref.read([*key_columns, "rejected_at"])
     except Exception as error:  # why: an unreadable old output only costs the original times
         log.warning(f"Previous {asset_key.to_user_string()} unreadable, rejects get this run's time: {error}")
         return rejected
@@ -139,10 +144,13 @@ def utf8_safe(value: str) -> str:
 
 class Batches:
     """Rows appended one by one, kept as Arrow record batches of BATCH_ROWS: a million short records cost
-    what their table costs, not a Python object per value."""
+    what their table costs, not a Python object per value. With a `path`, full batches go to a local Parquet
+    file instead of memory, so memory holds one batch whatever the number of documents."""
 
-    def __init__(self, schema: pa.Schema):
+    def __init__(self, schema: pa.Schema, path: Path | None = None):
         self.schema = schema
+        self.path = path
+        self.writer = pq.ParquetWriter(path, schema) if path else None
         self.batches: list[pa.RecordBatch] = []
         self.columns: dict[str, list] = {name: [] for name in schema.names}
         self.rows = 0
@@ -156,7 +164,11 @@ class Batches:
 
     def flush(self) -> None:
         if self.columns[self.schema.names[0]]:
-            self.batches.append(pa.RecordBatch.from_pydict(self.columns, schema=self.schema))
+            batch = pa.RecordBatch.from_pydict(self.columns, schema=self.schema)
+            if self.writer:
+                self.writer.write_batch(batch)
+            else:
+                self.batches.append(batch)
             self.columns = {name: [] for name in self.schema.names}
 
     def table(self) -> pa.Table:
@@ -165,37 +177,121 @@ class Batches:
         self.batches = []
         return table
 
+    def close(self) -> None:
+        self.flush()
+        if self.writer:
+            self.writer.close()
 
-def compare(documents: pa.Table, previous: pa.Table | None, started: datetime) -> tuple[pa.Array, pa.Array, int]:
-    """(change per row: new | changed | unchanged, collected_at per row, removed count) against the last output;
-    joined on the small columns only, so the texts are never copied."""
+    def read(self, columns: list[str]) -> pa.Table:
+        """Some columns of the spilled rows (the small ones: the texts stay on disk)."""
+        return pq.read_table(self.path, columns=columns)
+
+    def iter_batches(self) -> Iterator[pa.RecordBatch]:
+        yield from pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS)
+
+
+NEW, CHANGED, UNCHANGED, REPEATED = 0, 1, 2, 3
+CHANGE_NAMES = ["new", "changed", "unchanged"]
+
+
+def compare(documents: pa.Table, previous: pa.Table | None) -> tuple[np.ndarray, int]:
+    """(change code per row: NEW | CHANGED | UNCHANGED, removed count) against the last output; `documents` holds
+    the small columns only (source_uri, doc_id), so the texts are never read."""
     if previous is None or previous.num_rows == 0:  # first run: no join needed
-        return (pa.repeat("new", documents.num_rows), pa.repeat(pa.scalar(started, TIMESTAMP), documents.num_rows),
-                0)
+        return np.full(documents.num_rows, NEW, np.int8), 0
     keys = pa.table({"row": np.arange(documents.num_rows), "source_uri": documents["source_uri"],
                      "doc_id": documents["doc_id"]})
-    before = previous.rename_columns(["source_uri", "previous_doc_id", "previous_collected_at"])
+    before = previous.select(["source_uri", "doc_id"]).rename_columns(["source_uri", "previous_doc_id"])
     joined = keys.join(before, "source_uri", join_type="left outer").sort_by("row")
-    unchanged = pc.fill_null(pc.equal(joined["previous_doc_id"], joined["doc_id"]), False)
-    change = pc.if_else(pc.is_null(joined["previous_doc_id"]), "new", pc.if_else(unchanged, "unchanged", "changed"))
-    collected_at = pc.if_else(unchanged, joined["previous_collected_at"], pa.scalar(started, TIMESTAMP))
-    removed = previous.num_rows - (joined.num_rows - joined["previous_doc_id"].null_count)
-    return change, collected_at, removed
+    unchanged = pc.fill_null(pc.equal(joined["previous_doc_id"], joined["doc_id"]), False).to_numpy(
+        zero_copy_only=False)
+    known = pc.is_valid(joined["previous_doc_id"]).to_numpy(zero_copy_only=False)
+    change = np.where(unchanged, UNCHANGED, np.where(known, CHANGED, NEW)).astype(np.int8)
+    removed = previous.num_rows - int(known.sum())
+    return change, removed
 
 
-def drop_duplicate_uris(documents: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(one document per source_uri: the first read; the later ones), in reading order. Found by sorting the uris
-    alone (a stable sort keeps the first read first among equals); the texts are copied only if there are repeats."""
-    uris = documents["source_uri"]
+def removed_uris(documents: pa.Table, previous: pa.Table | None) -> pa.Array:
+    if previous is None or previous.num_rows == 0:
+        return pa.array([], pa.string())
+    return previous["source_uri"].filter(pc.invert(pc.is_in(previous["source_uri"], documents["source_uri"])))
+
+
+DELETED = "__deleted"
+CHANGES_SCHEMA = pa.schema([*COLLECTED_SCHEMA, (DELETED, pa.bool_())])
+
+
+def read_sources(context, spec: DatasetSpec, storage: ObjectStore, documents: Batches, rejects: Batches,
+                 started: datetime) -> tuple[list[str], list[list[int]], int]:
+    """Read every source once into `documents` and `rejects`; (labels, [documents, rejects] per source, characters)."""
+    labels = [describe(source) for source in spec.sources]
+    found = [[0, 0] for _ in labels]
+    characters = 0
+    for number, (source, label) in enumerate(zip(spec.sources, labels, strict=True), start=1):
+        context.log.info(f"Source {number}/{len(spec.sources)}: {label}")
+        documents_before, rejects_before = documents.rows, rejects.rows
+        next_progress = time.monotonic() + PROGRESS_SECONDS
+        for count, record in enumerate(source_records(source, spec, storage), start=1):
+            uri = utf8_safe(record.source_uri)
+            if isinstance(record, Reject):
+                rejects.append(uri, record.reason, utf8_safe(record.detail), started, label)
+            else:
+                try:
+                    record.text.encode("utf-8")
+                except UnicodeEncodeError:  # lone surrogates, e.g. "\ud800" escapes in a JSON record
+                    rejects.append(uri, "encoding", "the text has unpaired surrogates (invalid Unicode)",
+                                   started, label)
+                    continue
+                metadata = json.dumps(record.metadata, ensure_ascii=False, sort_keys=True, default=str)
+                documents.append(
+                    record.doc_id, record.text, uri, record.mime_type, utf8_safe(record.title), utf8_safe(metadata),
+                    number - 1,
+                )
+                characters += len(record.text)
+            if time.monotonic() >= next_progress:
+                context.log.info(f"{label}: {count} inputs read")
+                next_progress = time.monotonic() + PROGRESS_SECONDS
+        found[number - 1] = [documents.rows - documents_before, rejects.rows - rejects_before]
+        context.log.info(f"{label}: {found[number - 1][0]} documents, {found[number - 1][1]} rejects")
+    return labels, found, characters
+
+
+def repeated_rows(uris: pa.ChunkedArray) -> np.ndarray:
+    """Rows whose source_uri an earlier row already has (found by sorting the uris alone; a stable sort keeps the
+    first read first among equals)."""
     if len(uris) < 2:
-        return documents, documents.slice(0, 0)
+        return np.zeros(0, np.int64)
     order = pc.sort_indices(uris)
     ordered = uris.take(order)
     repeats = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).combine_chunks()
-    if not pc.any(repeats).as_py():  # the usual case
-        return documents, documents.slice(0, 0)
-    later = pc.is_in(pa.array(np.arange(len(uris))), value_set=order.slice(1).filter(repeats))
-    return documents.filter(pc.invert(later)), documents.filter(later)
+    return np.sort(order.slice(1).filter(repeats).to_numpy())
+
+
+def changed_batches(documents: Batches, status: np.ndarray, started: datetime,
+                    removed: pa.Array) -> Iterator[pa.RecordBatch]:
+    """The merge's source: new and changed documents (read back from the spill in batches), then a deletion row
+    per removed source_uri. Unchanged documents are not rewritten, so they keep their collected_at."""
+    offset = 0
+    for batch in documents.iter_batches():
+        rows = status[offset: offset + batch.num_rows]
+        offset += batch.num_rows
+        chosen = batch.filter(pa.array((rows == NEW) | (rows == CHANGED)))
+        if chosen.num_rows:
+            n = chosen.num_rows
+            columns = [pa.repeat(pa.scalar(started, TIMESTAMP), n) if name == "collected_at" else chosen.column(name)
+                       for name in COLLECTED_SCHEMA.names]
+            yield pa.RecordBatch.from_arrays([*columns, pa.repeat(False, n)], schema=CHANGES_SCHEMA)
+    if len(removed):
+        columns = {name: pa.nulls(len(removed), field.type) for name, field in zip(
+            COLLECTED_SCHEMA.names, COLLECTED_SCHEMA, strict=True)}
+        columns["source_uri"] = removed
+        yield pa.RecordBatch.from_pydict({**columns, DELETED: pa.array([True] * len(removed))}, schema=CHANGES_SCHEMA)
+
+
+def drop_deleted(changes: pa.RecordBatchReader) -> pa.RecordBatchReader:
+    """The first write has nothing to delete: the changes minus the deletion flag."""
+    batches = (batch.drop_columns([DELETED]) for batch in changes)
+    return pa.RecordBatchReader.from_batches(COLLECTED_SCHEMA, batches)
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
@@ -225,83 +321,68 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
     )
     def collection(context: dg.AssetExecutionContext, storage: ObjectStore):
         started = datetime.now(UTC)
-        previous = previous_collected(storage, collected_key, context.log)
-        documents = Batches(DOCUMENTS_SCHEMA)
-        rejects = Batches(REJECTS_SCHEMA)
-        labels = [describe(source) for source in spec.sources]
-        found = [[0, 0] for _ in labels]  # documents, rejects per source
-        for number, (source, label) in enumerate(zip(spec.sources, labels, strict=True), start=1):
-            context.log.info(f"Source {number}/{len(spec.sources)}: {label}")
-            documents_before, rejects_before = documents.rows, rejects.rows
-            next_progress = time.monotonic() + PROGRESS_SECONDS
-            for count, record in enumerate(source_records(source, spec, storage), start=1):
-                uri = utf8_safe(record.source_uri)
-                if isinstance(record, Reject):
-                    rejects.append(uri, record.reason, utf8_safe(record.detail), started, label)
+        previous_ref = tables.current(storage, spec.name, "collected")
+        previous = previous_collected(previous_ref, collected_key, context.log)
+        with tempfile.TemporaryDirectory(prefix="datamate-collection-") as work:
+            # Documents go to a local spill file as they are read; only their small columns come back to memory.
+            documents = Batches(DOCUMENTS_SCHEMA, Path(work) / "documents.parquet")
+            rejects = Batches(REJECTS_SCHEMA)
+            labels, found, characters = read_sources(context, spec, storage, documents, rejects, started)
+            documents.close()
+            small = documents.read(["source_uri", "doc_id", "mime_type", "source"])
+            # One document per source_uri (the first read); later ones are rejects of the source they came from.
+            repeated = repeated_rows(small["source_uri"])
+            for row in repeated.tolist():
+                source = small["source"][row].as_py()
+                rejects.append(small["source_uri"][row].as_py(), "duplicate_source",
+                               "an earlier document of this run has the same source_uri", started, labels[source])
+                found[source][0] -= 1
+                found[source][1] += 1
+            status = np.full(small.num_rows, REPEATED, np.int8)
+            firsts = np.setdiff1d(np.arange(small.num_rows), repeated)
+            unique = small.take(pa.array(firsts))
+            change, removed = compare(unique, previous)
+            status[firsts] = change
+            rejected = keep_rejected_at(rejects.table(), storage, rejects_key, context.log)
+            counts = Counter({CHANGE_NAMES[code]: int((change == code).sum()) for code in (NEW, CHANGED, UNCHANGED)})
+            total_documents, total_rejects = unique.num_rows, rejected.num_rows
+            newly_collected = counts["new"] + counts["changed"]
+            context.log.info(
+                f"Collected {total_documents} documents ({counts['new']} new, {counts['changed']} changed, "
+                f"{counts['unchanged']} unchanged, {removed} removed) and {total_rejects} rejects"
+            )
+            if collected_key in context.selected_asset_keys:
+                changed_rows = pa.RecordBatchReader.from_batches(
+                    CHANGES_SCHEMA, changed_batches(documents, status, started, removed_uris(unique, previous)))
+                if previous_ref is None:
+                    ref = tables.write(storage, spec.name, "collected", drop_deleted(changed_rows),
+                                       run_id=context.run.run_id)
                 else:
-                    try:
-                        record.text.encode("utf-8")
-                    except UnicodeEncodeError:  # lone surrogates, e.g. "\ud800" escapes in a JSON record
-                        rejects.append(uri, "encoding", "the text has unpaired surrogates (invalid Unicode)",
-                                       started, label)
-                        continue
-                    metadata = json.dumps(record.metadata, ensure_ascii=False, sort_keys=True, default=str)
-                    documents.append(
-                        record.doc_id, record.text, uri, record.mime_type, utf8_safe(record.title), utf8_safe(metadata),
-                        number - 1,
-                    )
-                if time.monotonic() >= next_progress:
-                    context.log.info(f"{label}: {count} inputs read")
-                    next_progress = time.monotonic() + PROGRESS_SECONDS
-            found[number - 1] = [documents.rows - documents_before, rejects.rows - rejects_before]
-            context.log.info(f"{label}: {found[number - 1][0]} documents, {found[number - 1][1]} rejects")
-
-        # One document per source_uri (the first read); later ones are rejects of the source they came from.
-        table, repeated = drop_duplicate_uris(documents.table())
-        for uri, source in zip(repeated["source_uri"].to_pylist(), repeated["source"].to_pylist(), strict=True):
-            rejects.append(uri, "duplicate_source", "an earlier document of this run has the same source_uri",
-                           started, labels[source])
-            found[source][0] -= 1
-            found[source][1] += 1
-        rejected = keep_rejected_at(rejects.table(), storage, rejects_key, context.log)
-        change, collected_at, removed = compare(table, previous, started)
-        changes = Counter({row["values"]: row["counts"] for row in pc.value_counts(change).to_pylist()})
-        per_source = [[label, *counts, sum(counts)] for label, counts in zip(labels, found, strict=True)]
-        collected = pa.Table.from_arrays(
-            [table[name] if name != "collected_at" else collected_at for name in COLLECTED_SCHEMA.names],
-            schema=COLLECTED_SCHEMA,
-        )
-        del table, documents, repeated
-        total_documents, total_rejects = collected.num_rows, rejected.num_rows
-        newly_collected = changes["new"] + changes["changed"]
-        context.log.info(
-            f"Collected {total_documents} documents ({changes['new']} new, {changes['changed']} changed, "
-            f"{changes['unchanged']} unchanged, {removed} removed) and {total_rejects} rejects"
-        )
-
-        if collected_key in context.selected_asset_keys:
-            mime_types = [(r["values"], r["counts"]) for r in pc.value_counts(collected["mime_type"]).to_pylist()]
-            yield dg.Output(collected, output_name="collected", metadata={
-                "inputs": total_documents + total_rejects,
-                "collected": newly_collected,
-                "new": changes["new"],
-                "changed": changes["changed"],
-                "unchanged": changes["unchanged"],
-                "removed": removed,
-                "rejected": total_rejects,
-                "summary": dg.MetadataValue.md(
-                    f"**Inputs {total_documents + total_rejects}** = collected {newly_collected} "
-                    f"(new {changes['new']}, changed {changes['changed']}) + rejected {total_rejects} "
-                    f"+ unchanged {changes['unchanged']}; removed since last run: {removed}"
-                ),
-                "sources": dg.MetadataValue.md(
-                    markdown_table(["source", "documents", "rejects", "inputs"], per_source)
-                ),
-                "mime_types": dg.MetadataValue.md(
-                    markdown_table(["mime type", "documents"], sorted(mime_types, key=lambda m: -m[1]))
-                ),
-                "text_characters": pc.sum(pc.utf8_length(collected["text"])).as_py() or 0,
-            })
+                    ref, _ = tables.merge(storage, spec.name, "collected", changed_rows, keys=["source_uri"],
+                                          deleted_column=DELETED, run_id=context.run.run_id)
+                mime_types = [(r["values"], r["counts"]) for r in pc.value_counts(unique["mime_type"]).to_pylist()]
+                per_source = [[label, *n, sum(n)] for label, n in zip(labels, found, strict=True)]
+                yield dg.Output(ref, output_name="collected", metadata={
+                    "inputs": total_documents + total_rejects,
+                    "collected": newly_collected,
+                    "new": counts["new"],
+                    "changed": counts["changed"],
+                    "unchanged": counts["unchanged"],
+                    "removed": removed,
+                    "rejected": total_rejects,
+                    "summary": dg.MetadataValue.md(
+                        f"**Inputs {total_documents + total_rejects}** = collected {newly_collected} "
+                        f"(new {counts['new']}, changed {counts['changed']}) + rejected {total_rejects} "
+                        f"+ unchanged {counts['unchanged']}; removed since last run: {removed}"
+                    ),
+                    "sources": dg.MetadataValue.md(
+                        markdown_table(["source", "documents", "rejects", "inputs"], per_source)
+                    ),
+                    "mime_types": dg.MetadataValue.md(
+                        markdown_table(["mime type", "documents"], sorted(mime_types, key=lambda m: -m[1]))
+                    ),
+                    "text_characters": characters,
+                })
         if rejects_key in context.selected_asset_keys:
             reasons = Counter({r["values"]: r["counts"] for r in pc.value_counts(rejected["reason"]).to_pylist()})
             yield dg.Output(rejected, output_name="collection_rejects", metadata={

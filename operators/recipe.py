@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import yaml
 
-from operators.base import DEFAULT_TEXT_KEY, Deduplicator, Filter, Mapper, Operator
+from operators.base import (
+    DEFAULT_TEXT_KEY,
+    Deduplicator,
+    Filter,
+    Mapper,
+    Operator,
+    RecordFilter,
+    RecordMapper,
+    Selector,
+)
 from operators.dedup.buckets import BucketDeduplicator, bucket_edges, duplicate_map
 from operators.dedup.lines import DocumentLineDeduplicator
 from operators.registry import OperatorConfigError, build_operator
 
 RECIPE_FORMAT = 1  # bump when the runner's semantics change: it is part of the recipe hash
 ROW, DROP_STEP, DROP_REASON = "__row", "__drop_step", "__drop_reason"
+STATS = "stats"  # per-document filter statistics, one struct field per statistic (Data-Juicer's __dj__stats__)
 ALIVE = -1
 EXAMPLES_PER_STEP = 3
 EXAMPLE_CHARS = 300
@@ -151,27 +162,127 @@ def _batch_or_per_record(batch_fn, record_fn, texts):
         return _per_record(record_fn, texts)
 
 
-def with_bookkeeping(table: pa.Table) -> pa.Table:
-    """Add the row id and drop columns the runner tracks every document with."""
+def stats_type(operators: Sequence[Operator]) -> pa.StructType | None:
+    """The `stats` column's type for a recipe: one field per statistic its filters declare, None if no filter.
+
+    Fixed before any data is read, so every batch (and the kept and dropped tables) has the same schema.
+    """
+    fields: dict[str, pa.DataType] = {}
+    for op in operators:
+        if isinstance(op, Filter):
+            for name, kind in op.stat_types().items():
+                fields.setdefault(name, pa.string() if kind is str else pa.float64())
+    return pa.struct(list(fields.items())) if fields else None
+
+
+def with_bookkeeping(table: pa.Table, stats: pa.StructType | None = None) -> pa.Table:
+    """Add the row id and drop columns the runner tracks every document with, and the empty `stats` column.
+
+    An input `stats` column (e.g. from an earlier run) is replaced: the recipe's filters compute it anew.
+    """
     n = table.num_rows
+    if STATS in table.column_names:
+        table = table.drop_columns([STATS])
     table = table.append_column(ROW, pa.array(np.arange(n, dtype=np.int64)))
     table = table.append_column(DROP_STEP, pa.array(np.full(n, ALIVE, dtype=np.int32)))
-    return table.append_column(DROP_REASON, pa.nulls(n, pa.string()))
+    table = table.append_column(DROP_REASON, pa.nulls(n, pa.string()))
+    return table.append_column(STATS, pa.nulls(n, stats)) if stats is not None else table
+
+
+class _Records:
+    """The batch's rows as dicts, built once per batch, for operators that read fields other than the text."""
+
+    def __init__(self, batch: pa.Table):
+        self.batch = batch
+        self.rows: list[dict[str, Any]] | None = None
+        self.changed: set[str] = set()
+
+    def get(self, i: int, texts: list[str], text_key: str) -> dict[str, Any]:
+        if self.rows is None:
+            data = self.batch.drop_columns([c for c in (ROW, DROP_STEP, DROP_REASON, STATS)
+                                            if c in self.batch.column_names])
+            self.rows = data.to_pylist()
+        return {**self.rows[i], text_key: texts[i]}
+
+    def update(self, i: int, fields: dict[str, Any], text_key: str) -> None:
+        """Store a record mapper's fields; a field the table lacks or a value of the wrong type raises."""
+        for name, value in fields.items():
+            if name == text_key:
+                continue
+            if name not in self.rows[i]:
+                raise ValueError(f"field {name!r} is not a column of the table (columns are fixed; add it upstream)")
+            pa.scalar(value, self.batch.schema.field(name).type)  # raises on a value of another type
+        for name, value in fields.items():
+            if name != text_key and self.rows[i][name] != value:
+                self.rows[i][name] = value
+                self.changed.add(name)
+
+    def write(self, batch: pa.Table) -> pa.Table:
+        for name in sorted(self.changed):
+            column = pa.array([row[name] for row in self.rows], batch.schema.field(name).type)
+            batch = batch.set_column(batch.schema.get_field_index(name), name, column)
+        return batch
+
+
+def _stats_column(batch: pa.Table, doc_stats: list[dict | None]) -> pa.Array:
+    """The struct column of the batch's stats, with every declared field (null where not computed)."""
+    kind = batch.schema.field(STATS).type
+    rows = []
+    for values in doc_stats:
+        if values is None:
+            rows.append(None)
+            continue
+        row = {}
+        for stat in kind:
+            value = values.get(stat.name)
+            row[stat.name] = None if value is None else (str(value) if pa.types.is_string(stat.type)
+                                                         else float(value))
+        rows.append(row)
+    return pa.array(rows, kind)
 
 
 def apply_steps(batch: pa.Table, steps: Sequence[tuple[int, Operator]], text_key: str
                 ) -> tuple[pa.Table, list[StepStats]]:
-    """Apply consecutive mappers and filters to one batch; dropped documents stay, marked with step and reason."""
+    """Apply consecutive mappers and filters to one batch; dropped documents stay, marked with step and reason.
+
+    Filters' statistics go into the batch's `stats` column when it has one (see `with_bookkeeping`), for the
+    kept and the dropped documents alike.
+    """
     texts = batch.column(text_key).to_pylist()
     drop_step = batch.column(DROP_STEP).to_numpy(zero_copy_only=False).copy()
     reasons = batch.column(DROP_REASON).to_pylist()
+    keep_stats = STATS in batch.column_names
+    doc_stats = batch.column(STATS).to_pylist() if keep_stats else []
+    records = _Records(batch)
     report = []
     for index, op in steps:
         alive = np.flatnonzero(drop_step == ALIVE)
         stats = StepStats(index, op.name, op.kind, docs_in=int(alive.size))
         started = time.perf_counter()
         current = [texts[i] for i in alive]
-        if isinstance(op, Mapper):
+        if isinstance(op, RecordMapper):
+            outputs = _batch_or_per_record(
+                op.process_records, op.process_record,
+                [records.get(i, texts, text_key) for i in alive])
+            for i, (fields, error) in zip(alive, outputs, strict=True):
+                if error is None:
+                    try:
+                        records.update(i, fields, text_key)
+                    except Exception as update_error:  # noqa: BLE001 - the record's, not the run's
+                        error = _error_reason(update_error)
+                if error is not None:
+                    drop_step[i], reasons[i], stats.errors = index, error, stats.errors + 1
+                    continue
+                new = fields.get(text_key, texts[i])
+                if not isinstance(new, str):
+                    drop_step[i], reasons[i] = index, f"error: {text_key!r} is a {type(new).__name__}, not text"
+                    stats.errors += 1
+                elif new != texts[i]:
+                    stats.changed += 1
+                    if len(stats.examples) < EXAMPLES_PER_STEP:
+                        stats.examples.append({"before": _short(texts[i]), "after": _short(new)})
+                    texts[i] = new
+        elif isinstance(op, Mapper):
             outputs = _batch_or_per_record(op.process_batch, op.process_text, current)
             for i, (new, error) in zip(alive, outputs, strict=True):
                 if error is not None:
@@ -182,11 +293,16 @@ def apply_steps(batch: pa.Table, steps: Sequence[tuple[int, Operator]], text_key
                         stats.examples.append({"before": _short(texts[i]), "after": _short(new)})
                     texts[i] = new
         elif isinstance(op, Filter):
-            outputs = _batch_or_per_record(op.compute_stats_batch, op.compute_stats, current)
-            for i, (doc_stats, error) in zip(alive, outputs, strict=True):
+            if isinstance(op, RecordFilter):
+                outputs = _per_record(op.compute_stats_record, [records.get(i, texts, text_key) for i in alive])
+            else:
+                outputs = _batch_or_per_record(op.compute_stats_batch, op.compute_stats, current)
+            for i, (values, error) in zip(alive, outputs, strict=True):
                 if error is None:
+                    if keep_stats:
+                        doc_stats[i] = {**(doc_stats[i] or {}), **values}
                     try:
-                        kept, reason = op.keep(doc_stats)
+                        kept, reason = op.keep(values)
                     except Exception as keep_error:  # noqa: BLE001
                         kept, error = False, _error_reason(keep_error)
                 if error is not None:
@@ -201,17 +317,35 @@ def apply_steps(batch: pa.Table, steps: Sequence[tuple[int, Operator]], text_key
         stats.dropped = int(((drop_step == index)).sum())
         stats.docs_out = stats.docs_in - stats.dropped
         report.append(stats)
+    batch = records.write(batch)
     batch = batch.set_column(batch.schema.get_field_index(text_key), text_key, pa.array(texts, pa.large_string()))
     batch = batch.set_column(batch.schema.get_field_index(DROP_STEP), DROP_STEP, pa.array(drop_step, pa.int32()))
     batch = batch.set_column(batch.schema.get_field_index(DROP_REASON), DROP_REASON, pa.array(reasons, pa.string()))
+    if keep_stats:
+        batch = batch.set_column(batch.schema.get_field_index(STATS), STATS, _stats_column(batch, doc_stats))
     return batch, report
+
+
+def decide_selection(op: Selector, table: pa.Table, text_key: str) -> DedupDecision:
+    """A selector's drops over the live rows of `table` (ROW, DROP_STEP and the selector's fields, any order).
+
+    Shared by both executors: only these few columns of the whole dataset need to be in one place.
+    """
+    live = table.filter(pc.equal(table.column(DROP_STEP), ALIVE)).sort_by(ROW)
+    missing = [name for name in op.fields() if name not in live.column_names]
+    if missing:
+        columns = ", ".join(live.column_names)
+        raise RecipeError(f"{op.name}: the input has no column {missing[0]!r} (columns: {columns})")
+    records = live.select(op.fields()).to_pylist() if op.fields() else [{}] * live.num_rows
+    rows = live.column(ROW).to_pylist()
+    return DedupDecision({rows[i]: reason for i, reason in op.select(records).items()})
 
 
 def segments(operators: Sequence[Operator]) -> list[list[tuple[int, Operator]]]:
     """Split the recipe into runs of per-document steps and single dataset-level (dedup) steps."""
     parts: list[list[tuple[int, Operator]]] = []
     for index, op in enumerate(operators):
-        if isinstance(op, Deduplicator) or not parts or isinstance(parts[-1][0][1], Deduplicator):
+        if isinstance(op, Deduplicator | Selector) or not parts or isinstance(parts[-1][0][1], Deduplicator | Selector):
             parts.append([(index, op)])
         else:
             parts[-1].append((index, op))
@@ -251,36 +385,8 @@ def decide_bucket_dedup(op: BucketDeduplicator, fps: np.ndarray, rows: np.ndarra
     decision = DedupDecision()
     for row, kept in duplicates.items():
         why = op.reason(fps[position[kept]], fps[position[row]])
-        decision.drops[row] = f"{why} of doc {doc_ids.get(kept, f'#{kept}')}"
+        decision.drops[row] = f"{why} of {doc_ids.get(kept) or f'row #{kept}'}"
     return decision
-
-
-def _dedup_local(op: Deduplicator, table: pa.Table, text_key: str, reference: pa.Table | None
-                 ) -> tuple[DedupDecision, dict[int, str]]:
-    alive = pc.equal(table.column(DROP_STEP), ALIVE)
-    live = table.filter(alive)
-    if reference is not None:  # already published documents take part first and are never dropped
-        live = pa.concat_tables([reference.select(live.column_names), live], promote_options="permissive")
-    texts = live.column(text_key).to_pylist()
-    rows = live.column(ROW).to_numpy()
-    fps, errors = fingerprints_of(op, texts)
-    failed = {int(r): e for r, e in zip(rows, errors, strict=True) if e is not None}
-    protected = set(reference.column(ROW).to_pylist()) if reference is not None else set()
-    ok = np.array([e is None for e in errors], dtype=bool)
-    if isinstance(op, BucketDeduplicator):
-        fps, rows = fps[ok], rows[ok]
-        first, other = op.candidate_pairs(fps, rows)
-        doc_ids = _doc_ids(live)
-        return decide_bucket_dedup(op, fps, rows, first, other, doc_ids, protected), failed
-    if isinstance(op, DocumentLineDeduplicator):
-        good = [f for f, k in zip(fps, ok, strict=True) if k]
-        owners = op.first_owners(good, rows[ok])
-        return decide_line_dedup(op, texts, rows, owners, protected, failed), failed
-    duplicates = op.find_duplicates([f for f, k in zip(fps, ok, strict=True) if k])
-    rows = rows[ok]
-    decision = DedupDecision({int(rows[i]): f"duplicate of row #{int(rows[j])}" for i, j in duplicates.items()
-                              if int(rows[i]) not in protected})
-    return decision, failed
 
 
 def decide_line_dedup(op: DocumentLineDeduplicator, texts: Sequence[str], rows: np.ndarray,
@@ -297,10 +403,13 @@ def decide_line_dedup(op: DocumentLineDeduplicator, texts: Sequence[str], rows: 
     return decision
 
 
-def _doc_ids(table: pa.Table) -> dict[int, str]:
-    if "doc_id" not in table.column_names:
-        return {}
-    return dict(zip(table.column(ROW).to_pylist(), table.column("doc_id").to_pylist(), strict=True))
+def document_names(table: pa.Table) -> list[str | None]:
+    """How a duplicate's reason names the kept document: its source, else its id."""
+    if "source_uri" in table.column_names:
+        return table.column("source_uri").to_pylist()
+    if "doc_id" in table.column_names:
+        return [None if d is None else f"doc {d}" for d in table.column("doc_id").to_pylist()]
+    return [None] * table.num_rows
 
 
 def apply_dedup_decision(batch: pa.Table, index: int, text_key: str, decision: DedupDecision,
@@ -343,59 +452,29 @@ def _batches(table: pa.Table, rows: int) -> list[pa.Table]:
     return [table.slice(start, rows) for start in range(0, table.num_rows, rows)] or [table]
 
 
-def run_local(recipe: Recipe, table: pa.Table, reference: pa.Table | None = None, num_proc: int = 1,
-              log: Callable[[str], None] | None = None) -> RecipeResult:
-    """Run the recipe in this process (or `num_proc` worker processes for mappers and filters).
+def run_local(recipe: Recipe, table: pa.Table, num_proc: int = 1, log: Callable[[str], None] | None = None
+              ) -> RecipeResult:
+    """Run the recipe on an in-memory table (the CLI, tests) with the streaming runner, `num_proc` worker processes."""
+    from operators.stream import ParquetSink, run_stream
 
-    `reference`: already cleaned documents (same columns) that new documents are deduplicated against.
-    """
-    log = log or (lambda message: None)
-    text_key = recipe.text_key
-    if text_key not in table.column_names:
-        raise RecipeError(f"input has no text column {text_key!r} (columns: {', '.join(table.column_names)})")
-    work = _normalize_text_column(with_bookkeeping(table), text_key)
-    ref = _reference_rows(reference, table.num_rows, text_key)
-    stats = [StepStats(i, name, op.kind) for i, (name, op) in enumerate(zip(recipe.names, recipe.operators,
-                                                                            strict=True))]
-    pool = ProcessPoolExecutor(num_proc) if num_proc > 1 else None
-    try:
-        for part in segments(recipe.operators):
-            index, op = part[0]
-            started = time.perf_counter()
-            if isinstance(op, Deduplicator):
-                decision, failed = _dedup_local(op, work, text_key, ref)
-                work, step_stats, _ = apply_dedup_decision(work, index, text_key, decision, failed)
-                step_stats.seconds = time.perf_counter() - started
-                stats[index].add(step_stats)
-            else:
-                jobs = [(batch, part, text_key) for batch in _batches(work, BATCH_ROWS)]
-                results = list(pool.map(_apply_segment, jobs) if pool else map(_apply_segment, jobs))
-                work = pa.concat_tables([batch for batch, _ in results])
-                for _, report in results:
-                    for step_stats in report:
-                        stats[step_stats.step].add(step_stats)
-            for i, _ in part:
-                log(f"step {i} {recipe.names[i]}: {stats[i].docs_in} in, {stats[i].dropped} dropped, "
-                    f"{stats[i].changed} changed, {stats[i].seconds:.1f}s")
-    finally:
-        if pool:
-            pool.shutdown()
-    return finish(recipe, work, stats)
+    if recipe.text_key not in table.column_names:
+        raise RecipeError(f"input has no text column {recipe.text_key!r} (columns: {', '.join(table.column_names)})")
+    with tempfile.TemporaryDirectory(prefix="datamate-recipe-") as work:
+        kept, drops = ParquetSink(Path(work) / "kept.parquet"), ParquetSink(Path(work) / "drops.parquet")
+        result = run_stream(recipe, _batches(table, BATCH_ROWS), Path(work), kept, drops, num_proc=num_proc, log=log)
+        kept.close()
+        drops.close()
+        schema = _normalize_text_column(table.slice(0, 0), recipe.text_key).schema
+        drop_schema = schema.append(pa.field("operator", pa.string())).append(pa.field("reason", pa.string()))
+        kept_table = pq.read_table(kept.path) if kept.rows else schema.empty_table()
+        drops_table = pq.read_table(drops.path) if drops.rows else drop_schema.empty_table()
+    return RecipeResult(kept_table, drops_table, result.stats, recipe.hash)
 
 
 def _normalize_text_column(table: pa.Table, text_key: str) -> pa.Table:
     """Texts as large_string; a null text becomes '' (filters then drop it with a reason)."""
     column = pc.fill_null(table.column(text_key).cast(pa.large_string()), "")
     return table.set_column(table.schema.get_field_index(text_key), text_key, column)
-
-
-def _reference_rows(reference: pa.Table | None, n_new: int, text_key: str) -> pa.Table | None:
-    """Reference documents get negative row ids: they sort first, so they are the kept side of duplicates."""
-    if reference is None or reference.num_rows == 0:
-        return None
-    ref = _normalize_text_column(with_bookkeeping(reference), text_key)
-    ids = np.arange(reference.num_rows, dtype=np.int64) - reference.num_rows
-    return ref.set_column(ref.schema.get_field_index(ROW), ROW, pa.array(ids))
 
 
 def finish(recipe: Recipe, work: pa.Table, stats: list[StepStats]) -> RecipeResult:
@@ -455,7 +534,7 @@ def _fingerprint_rows(batch: pa.Table, op: Deduplicator, text_key: str, wanted: 
         ROW: live.column(ROW),
         "fp": pa.array([np.asarray(f).tobytes() for f in fps], pa.binary()),
         "error": pa.array(errors, pa.string()),
-        "doc_id": live.column("doc_id") if "doc_id" in live.column_names else pa.nulls(live.num_rows, pa.string()),
+        "doc_id": pa.array(document_names(live), pa.string()),
     })
 
 
@@ -514,7 +593,7 @@ def run_ray(recipe: Recipe, table: pa.Table, num_blocks: int | None = None,
     text_key = recipe.text_key
     if text_key not in table.column_names:
         raise RecipeError(f"input has no text column {text_key!r} (columns: {', '.join(table.column_names)})")
-    work = _normalize_text_column(with_bookkeeping(table), text_key)
+    work = _normalize_text_column(with_bookkeeping(table, stats_type(recipe.operators)), text_key)
     blocks = num_blocks or max(2, int(ray.available_resources().get("CPU", 2)) * 2)
     # one shuffle aggregator actor per block at most: the default spawns many, which dominates small runs
     context = ray.data.DataContext.get_current()
@@ -557,10 +636,16 @@ def run_ray(recipe: Recipe, table: pa.Table, num_blocks: int | None = None,
                                                  batch_format="pyarrow"), stats)
         elif isinstance(op, Deduplicator):
             raise RecipeError(f"{op.name} has no distributed implementation; use executor: local")
+        elif isinstance(op, Selector):  # only the row ids and the selector's fields reach the driver
+            columns = [ROW, DROP_STEP, *op.fields()]
+            decision = decide_selection(op, pa.concat_tables(ray.get(ds.select_columns(columns).to_arrow_refs())),
+                                        text_key)
+            ds = _collect_reports(ds.map_batches(_ray_apply_decision, fn_args=(index, text_key, decision, {}),
+                                                 batch_format="pyarrow"), stats)
         else:
             ds = _collect_reports(ds.map_batches(_ray_segment, fn_args=(part, text_key), batch_format="pyarrow"),
                                   stats)
-        if isinstance(op, Deduplicator):
+        if isinstance(op, Deduplicator | Selector):
             stats[index].seconds = time.perf_counter() - started
         for i, _ in part:
             log(f"step {i} {recipe.names[i]} (ray): {stats[i].docs_in} in, {stats[i].dropped} dropped, "

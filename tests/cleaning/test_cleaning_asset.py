@@ -7,7 +7,8 @@ from bench.corpus import generate
 from datamate_assets import cleaning
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
-from datamate_resources.io_manager import ParquetIOManager, asset_parts
+from datamate_resources import tables
+from datamate_resources.io_manager import DeltaIOManager
 from datamate_resources.storage import ObjectStore
 
 PROCESS = [
@@ -26,16 +27,16 @@ def make_spec(process) -> DatasetSpec:
 
 
 def materialize(spec: DatasetSpec, storage: ObjectStore, collected: pa.Table) -> dg.ExecuteInProcessResult:
-    storage.write_table(collected, *asset_parts(key(spec, "collected")))
+    tables.write(storage, spec.name, "collected", collected)
     defs = cleaning.build_defs(spec)
     collected_source = dg.SourceAsset(key(spec, "collected"))
     return dg.materialize([*defs.assets, collected_source], resources={"storage": storage,
-                                                        "io_manager": ParquetIOManager(storage=storage)})
+                                                        "io_manager": DeltaIOManager(storage=storage)})
 
 
 def outputs(storage: ObjectStore, spec: DatasetSpec) -> tuple[pa.Table, pa.Table]:
-    return (storage.read_table(*asset_parts(key(spec, "cleaned"))),
-            storage.read_table(*asset_parts(key(spec, "cleaning_drops"))))
+    return (tables.read_stage(storage, spec.name, "cleaned"),
+            tables.read_stage(storage, spec.name, "cleaning_drops"))
 
 
 def test_cleaning_asset_metadata_and_incremental_runs(tmp_path):
@@ -54,6 +55,9 @@ def test_cleaning_asset_metadata_and_incremental_runs(tmp_path):
     assert "| 3 | `document_minhash_deduplicator` |" in metadata["operator_stats"].value
     assert "| before | after |" in metadata["examples"].value
     assert metadata["processed"].value == 300
+    # the signature index holds each kept document's fingerprint once per dedup step (two in this recipe)
+    index = tables.read_stage(storage, spec.name, "dedup_index")
+    assert index.num_rows == 2 * cleaned.num_rows and set(index.column("step").to_pylist()) == {2, 3}
 
     # more documents arrive: only they are processed, deduplicated against what was kept
     result = materialize(spec, storage, corpus)

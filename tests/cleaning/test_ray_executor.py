@@ -52,7 +52,8 @@ def test_the_cleaned_asset_on_ray_equals_the_local_one(local_ray, tmp_path):
     from datamate_assets import cleaning
     from datamate_assets.keys import key
     from datamate_assets.spec import DatasetSpec
-    from datamate_resources.io_manager import ParquetIOManager, asset_parts
+    from datamate_resources import tables
+    from datamate_resources.io_manager import DeltaIOManager
     from datamate_resources.storage import ObjectStore
 
     corpus = generate(300, seed=5).table
@@ -63,17 +64,17 @@ def test_the_cleaned_asset_on_ray_equals_the_local_one(local_ray, tmp_path):
             "cleaning": {"executor": executor, "process": PROCESS},
         })
         storage = ObjectStore(url=f"file://{tmp_path / executor}")
-        storage.write_table(corpus, *asset_parts(key(spec, "collected")))
+        tables.write(storage, spec.name, "collected", corpus)
         defs = cleaning.build_defs(spec)
         result = dg.materialize(
             [*defs.assets, dg.SourceAsset(key(spec, "collected"))],
-            resources={"storage": storage, "io_manager": ParquetIOManager(storage=storage),
+            resources={"storage": storage, "io_manager": DeltaIOManager(storage=storage),
                        "ray": DatamateRay()},
         )
         assert result.success
         published[executor] = [
-            storage.read_table(*asset_parts(key(spec, stage))).drop_columns(["recipe_hash"])
-            if stage == "cleaned" else storage.read_table(*asset_parts(key(spec, stage)))
+            tables.read_stage(storage, spec.name, stage).drop_columns(["recipe_hash"])
+            if stage == "cleaned" else tables.read_stage(storage, spec.name, stage)
             for stage in ("cleaned", "cleaning_drops")
         ]
     assert published["ray"][0].equals(published["local"][0])

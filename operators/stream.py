@@ -1,0 +1,413 @@
+"""Streaming recipe runs: record batches in, kept and dropped rows out to Parquet files, memory bounded by the batch.
+
+Mappers and filters run batch by batch (in `num_proc` worker processes, a few batches ahead at most). A dedup
+step needs every document before it decides, so it is out of core, in three passes as datatrove does it:
+1. stream the documents to a local spill file while fingerprints, bucket keys (LSH bands) and the rows' ids are
+   written to Parquet beside it;
+2. DuckDB (which spills to disk past its memory limit) groups the keys into candidate pairs and joins the
+   fingerprints of both sides; the pairs are verified batch by batch and connected components resolved on the
+   verified pairs only, so memory follows the candidates, not the corpus;
+3. the spill file is streamed again with the decision applied, into the next steps.
+For incremental runs, the fingerprints of the documents a run keeps are saved per dedup step (`index.parquet`:
+step, identity, name, fingerprint, bucket keys or line units). The next run loads that signature index instead of
+reading or fingerprinting the published texts again: published documents take part in every dedup step with
+negative row ids, so they are the kept side of any duplicate and never dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from operators.base import Deduplicator, Selector
+from operators.dedup.buckets import BucketDeduplicator, duplicate_map
+from operators.dedup.lines import DocumentLineDeduplicator
+from operators.recipe import (
+    ALIVE,
+    BATCH_ROWS,
+    DROP_REASON,
+    DROP_STEP,
+    ROW,
+    STATS,
+    DedupDecision,
+    Recipe,
+    RecipeError,
+    StepStats,
+    apply_dedup_decision,
+    apply_steps,
+    decide_line_dedup,
+    decide_selection,
+    document_names,
+    fingerprints_of,
+    segments,
+    stats_type,
+)
+
+DUCKDB_MEMORY = "512MB"
+SALT = np.uint64(0x9E3779B97F4A7C15)
+
+
+@dataclass
+class StreamResult:
+    stats: list[StepStats]
+    kept: int
+    dropped: int
+    recipe_hash: str
+
+
+class ParquetSink:
+    """Appends batches to a Parquet file, opened with the first batch's schema (later batches are cast to it)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, batch: pa.Table | pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table.cast(self.writer.schema))
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def batches(self, batch_size: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+        if self.writer is not None:
+            yield from pq.ParquetFile(self.path).iter_batches(batch_size=batch_size)
+
+
+def ordered_map(pool: Executor | None, function: Callable, items: Iterable, ahead: int) -> Iterator:
+    """map() that keeps at most `ahead` items in flight (Executor.map would submit the whole input at once)."""
+    if pool is None:
+        yield from map(function, items)
+        return
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def with_bookkeeping(batch: pa.RecordBatch | pa.Table, first_row: int, text_key: str,
+                     stats: pa.StructType | None = None) -> pa.Table:
+    """Row ids, the drop columns, and texts as large_string (a null text becomes '': filters drop it with a reason);
+    with `stats` (the recipe's `stats_type`), an empty `stats` column that filters fill (an input one is replaced)."""
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    if STATS in table.column_names:
+        table = table.drop_columns([STATS])
+    n = table.num_rows
+    text = pc.fill_null(table.column(text_key).cast(pa.large_string()), "")
+    table = table.set_column(table.schema.get_field_index(text_key), text_key, text)
+    table = table.append_column(ROW, pa.array(np.arange(first_row, first_row + n, dtype=np.int64)))
+    table = table.append_column(DROP_STEP, pa.array(np.full(n, ALIVE, dtype=np.int32)))
+    table = table.append_column(DROP_REASON, pa.nulls(n, pa.string()))
+    return table.append_column(STATS, pa.nulls(n, stats)) if stats is not None else table
+
+
+INDEX_SCHEMA = pa.schema([("step", pa.int32()), ("identity", pa.string()), ("name", pa.string()),
+                          ("fp", pa.binary()), ("keys", pa.list_(pa.int64()))])
+# Bucket keys and line units are 64-bit hashes stored as int64 (Delta tables have no unsigned integers).
+
+
+def run_stream(recipe: Recipe, batches: Iterable[pa.RecordBatch | pa.Table], workdir: Path, kept: ParquetSink,
+               drops: ParquetSink, index: Callable[[int], Iterable[pa.RecordBatch]] | None = None,
+               identity: Callable[[pa.Table], pa.Array] | None = None, num_proc: int = 1,
+               log: Callable[[str], None] | None = None) -> StreamResult:
+    """Run the recipe over `batches`; kept rows (input columns, input order) go to `kept`, dropped rows (input
+    columns + operator, reason) to `drops`.
+
+    `index(step)`: the published documents' signature index rows (INDEX_SCHEMA) for a dedup step, which new
+    documents are deduplicated against. `identity(table)`: a document's identity, saved in the index this run
+    writes to `workdir / "index.parquet"` (published documents carried over + the documents kept now)."""
+    log = log or (lambda message: None)
+    text_key = recipe.text_key
+    stats = [StepStats(i, name, op.kind) for i, (name, op) in enumerate(zip(recipe.names, recipe.operators,
+                                                                            strict=True))]
+    pool = ProcessPoolExecutor(num_proc) if num_proc > 1 else None
+    ahead = 2 * num_proc
+
+    stats_struct = stats_type(recipe.operators)
+
+    def numbered() -> Iterator[pa.Table]:
+        offset = 0
+        for batch in batches:
+            if text_key not in batch.schema.names:
+                raise RecipeError(f"input has no text column {text_key!r} (columns: {', '.join(batch.schema.names)})")
+            yield with_bookkeeping(batch, offset, text_key, stats_struct)
+            offset += batch.num_rows
+
+    def drop(table: pa.Table) -> None:
+        dropped = table.filter(pc.not_equal(table.column(DROP_STEP), ALIVE))
+        if dropped.num_rows:
+            names = np.array(recipe.names, dtype=object)
+            operator = pa.array(names[dropped.column(DROP_STEP).to_numpy()].tolist(), pa.string())
+            reason = dropped.column(DROP_REASON)
+            drops.write(dropped.drop_columns([ROW, DROP_STEP, DROP_REASON])
+                        .append_column("operator", operator).append_column("reason", reason))
+
+    def alive(table: pa.Table) -> pa.Table:
+        return table.filter(pc.equal(table.column(DROP_STEP), ALIVE))
+
+    stream: Iterator[pa.Table] = numbered()
+    try:
+        for part in segments(recipe.operators):
+            step, op = part[0]
+            if isinstance(op, Deduplicator):
+                stream = _dedup_step(stream, step, op, recipe, workdir, index, identity, pool, ahead, stats, drop,
+                                     alive, log)
+            elif isinstance(op, Selector):
+                stream = _selector_step(stream, step, op, text_key, workdir, stats, drop, alive)
+            else:
+                stream = _mapper_filter_steps(stream, part, text_key, pool, ahead, stats, drop, alive)
+        kept_rows = ParquetSink(workdir / "kept_rows.parquet")
+        for table in stream:
+            kept.write(table.drop_columns([ROW, DROP_STEP, DROP_REASON]))
+            kept_rows.write(table.select([ROW]))
+        kept_rows.close()
+        _write_index(workdir, kept_rows, [i for i, op in enumerate(recipe.operators) if isinstance(op, Deduplicator)])
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    for s, name in zip(stats, recipe.names, strict=True):
+        s.operator = name
+        log(f"step {s.step} {name}: {s.docs_in} in, {s.dropped} dropped, {s.changed} changed, {s.seconds:.1f}s")
+    return StreamResult(stats, kept.rows, drops.rows, recipe.hash)
+
+
+def _apply_segment(args):
+    batch, steps, text_key = args
+    return apply_steps(batch, steps, text_key)
+
+
+def _mapper_filter_steps(stream, part, text_key, pool, ahead, stats, drop, alive) -> Iterator[pa.Table]:
+    jobs = ((batch, part, text_key) for batch in stream)
+    for batch, report in ordered_map(pool, _apply_segment, jobs, ahead):
+        for step_stats in report:
+            stats[step_stats.step].add(step_stats)
+        drop(batch)
+        live = alive(batch)
+        if live.num_rows:
+            yield live
+
+
+def _fingerprint_rows(args) -> tuple[pa.Table, pa.Table, dict[int, str]]:
+    """Per batch: (bucket keys or line units: key, row), (row, identity, name, fp), {row: error} of failed records."""
+    op, texts, rows, identities, names = args
+    fps, errors = fingerprints_of(op, texts)
+    ok = np.array([e is None for e in errors], dtype=bool)
+    failed = {int(r): e for r, e in zip(rows, errors, strict=True) if e is not None}
+    good = [f for f, k in zip(fps, ok, strict=True) if k]
+    fp_table = pa.table({ROW: rows[ok], "identity": pa.array(identities, pa.string()).filter(pa.array(ok)),
+                         "name": pa.array(names, pa.string()).filter(pa.array(ok)),
+                         "fp": pa.nulls(int(ok.sum()), pa.binary()) if isinstance(op, DocumentLineDeduplicator)
+                         else pa.array([np.asarray(f).tobytes() for f in good], pa.binary())})
+    if isinstance(op, DocumentLineDeduplicator):
+        counts = np.array([len(f) for f in good], dtype=np.int64)
+        units = np.concatenate(good) if good else np.zeros(0, np.uint64)
+        return pa.table({"key": units.astype(np.uint64).view(np.int64), ROW: np.repeat(rows[ok], counts)}), \
+            fp_table, failed
+    return _bucket_key_rows(op, np.asarray(good).reshape(len(good), -1) if good else np.zeros((0, 1)), rows[ok]), \
+        fp_table, failed
+
+
+def _bucket_key_rows(op: BucketDeduplicator, fps: np.ndarray, rows: np.ndarray) -> pa.Table:
+    keys = op.bucket_keys(fps) if len(fps) else np.zeros((0, 1), np.uint64)
+    salted = keys ^ (np.arange(keys.shape[1], dtype=np.uint64) * SALT)[None, :]
+    return pa.table({"key": salted.ravel().view(np.int64), ROW: np.repeat(rows, keys.shape[1])})
+
+
+def _fingerprint_jobs(op, tables: Iterable[pa.Table], text_key: str, spill: ParquetSink, identity):
+    for table in tables:
+        spill.write(table)
+        identities = identity(table).to_pylist() if identity else [None] * table.num_rows
+        yield op, table.column(text_key).to_pylist(), table.column(ROW).to_numpy(), identities, document_names(table)
+
+
+def _published(index, step: int) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """The published documents' index rows for `step` as (keys, fingerprints) with negative row ids (they sort
+    first, so they are the kept side of duplicates)."""
+    offset = -(1 << 62)
+    for batch in (index(step) if index else []):
+        n = batch.num_rows
+        rows = np.arange(offset, offset + n, dtype=np.int64)
+        offset += n
+        keys = batch.column("keys")
+        counts = pc.list_value_length(keys).fill_null(0).to_numpy(zero_copy_only=False)
+        key_table = pa.table({"key": pc.list_flatten(keys), ROW: np.repeat(rows, counts)})
+        yield key_table, pa.table({ROW: rows, "identity": batch.column("identity"), "name": batch.column("name"),
+                                   "fp": batch.column("fp")})
+
+
+def _dedup_step(stream, index, op, recipe, workdir, signatures, identity, pool, ahead, stats, drop, alive,
+                log) -> Iterator[pa.Table]:
+    if not isinstance(op, BucketDeduplicator | DocumentLineDeduplicator):
+        raise RecipeError(f"{op.name} has no streaming implementation")
+    text_key = recipe.text_key
+    step_dir = workdir / f"step{index}"
+    step_dir.mkdir(parents=True, exist_ok=True)
+    spill, keys, fps = (ParquetSink(step_dir / name) for name in ("docs.parquet", "keys.parquet", "fps.parquet"))
+    failed: dict[int, str] = {}
+    started = time.perf_counter()
+    for key_table, fp_table in _published(signatures, index):
+        keys.write(key_table)
+        fps.write(fp_table)
+    published = fps.rows
+    jobs = _fingerprint_jobs(op, stream, text_key, spill, identity)
+    for key_table, fp_table, errors in ordered_map(pool, _fingerprint_rows, jobs, ahead):
+        keys.write(key_table)
+        fps.write(fp_table)
+        failed.update(errors)
+    for sink in (spill, keys, fps):
+        sink.close()
+    log(f"step {index} {op.name}: {spill.rows} documents fingerprinted, {published} published ones from the "
+        "signature index; deciding duplicates")
+    line_dedup = isinstance(op, DocumentLineDeduplicator)
+    owners = _repeated_unit_owners(keys, step_dir) if line_dedup else {}
+    decision = DedupDecision() if line_dedup else _decide_buckets(op, keys, fps, step_dir)
+    seconds = time.perf_counter() - started
+
+    def decided() -> Iterator[pa.Table]:
+        first = True
+        for batch in spill.batches():
+            table = pa.Table.from_batches([batch])
+            if line_dedup:  # rewrites depend on the batch's texts
+                live = table.filter(pc.equal(table.column(DROP_STEP), ALIVE))
+                batch_decision = decide_line_dedup(op, live.column(text_key).to_pylist(),
+                                                   live.column(ROW).to_numpy(), owners, set(), failed)
+            else:
+                batch_decision = decision
+            table, step_stats, _ = apply_dedup_decision(table, index, text_key, batch_decision, failed)
+            step_stats.seconds = seconds if first else 0.0
+            first = False
+            stats[index].add(step_stats)
+            drop(table)
+            live = alive(table)
+            if live.num_rows:
+                yield live
+
+    return decided()
+
+
+def _selector_step(stream, index, op: Selector, text_key, workdir, stats, drop, alive) -> Iterator[pa.Table]:
+    """Spill the documents, decide from the row ids and the selector's fields only, stream them again."""
+    spill = ParquetSink(workdir / f"step{index}-select.parquet")
+    started = time.perf_counter()
+    for table in stream:
+        spill.write(table)
+    spill.close()
+    present = pq.read_schema(spill.path).names if spill.rows else []
+    wanted = [name for name in (ROW, DROP_STEP, *op.fields()) if name in present]  # a missing one: RecipeError
+    columns = pq.read_table(spill.path, columns=wanted) if spill.rows else None
+    decision = decide_selection(op, columns, text_key) if columns is not None else DedupDecision()
+    seconds = time.perf_counter() - started
+
+    def decided() -> Iterator[pa.Table]:
+        for number, batch in enumerate(spill.batches()):
+            table, step_stats, _ = apply_dedup_decision(pa.Table.from_batches([batch]), index, text_key, decision, {})
+            step_stats.seconds = seconds if number == 0 else 0.0
+            stats[index].add(step_stats)
+            drop(table)
+            live = alive(table)
+            if live.num_rows:
+                yield live
+
+    return decided()
+
+
+def _write_index(workdir: Path, kept_rows: ParquetSink, steps: list[int]) -> None:
+    """The signature index of the published documents after this run: the ones carried over (negative rows) and
+    the ones kept now, per dedup step."""
+    parts = []
+    con = _connect(workdir)
+    kept = f"read_parquet('{kept_rows.path}')" if kept_rows.rows else f"(SELECT NULL::BIGINT AS {ROW} LIMIT 0)"
+    for step in steps:
+        step_dir = workdir / f"step{step}"
+        if not (step_dir / "fps.parquet").exists():
+            continue
+        keys = (f"(SELECT {ROW}, list(key) AS keys FROM read_parquet('{step_dir / 'keys.parquet'}') GROUP BY {ROW})"
+                if (step_dir / "keys.parquet").exists() else f"(SELECT NULL::BIGINT AS {ROW}, NULL AS keys LIMIT 0)")
+        parts.append(f"""SELECT {step}::INTEGER AS step, f.identity, f.name, f.fp, k.keys::BIGINT[] AS keys
+            FROM read_parquet('{step_dir / 'fps.parquet'}') f LEFT JOIN {keys} k USING ({ROW})
+            WHERE f.{ROW} < 0 OR f.{ROW} IN (SELECT {ROW} FROM {kept})""")
+    sink = ParquetSink(workdir / "index.parquet")
+    if parts:
+        for batch in con.execute(" UNION ALL ".join(parts)).fetch_record_batch(BATCH_ROWS):
+            sink.write(pa.Table.from_batches([batch]).cast(INDEX_SCHEMA))
+    sink.close()
+    con.close()
+
+
+def _connect(workdir: Path) -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect()
+    connection.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'; SET threads = 2; "
+                       f"SET temp_directory = '{workdir / 'duckdb'}'; SET preserve_insertion_order = false")
+    return connection
+
+
+def _decide_buckets(op: BucketDeduplicator, keys: ParquetSink, fps: ParquetSink, workdir: Path) -> DedupDecision:
+    """Candidate pairs per bucket, verified on their fingerprints, resolved into {dropped row: reason}."""
+    if keys.writer is None:
+        return DedupDecision()
+    con = _connect(workdir)
+    con.execute(f"CREATE VIEW keys AS SELECT * FROM read_parquet('{keys.path}')")
+    con.execute(f"CREATE VIEW fps AS SELECT * FROM read_parquet('{fps.path}')")
+    # (smallest row of each bucket, another member): the same edges the in-memory bucket_edges draws
+    con.execute(f"""CREATE TABLE pairs AS SELECT DISTINCT first, {ROW} AS other FROM (
+        SELECT {ROW}, min({ROW}) OVER (PARTITION BY key) AS first FROM keys) WHERE {ROW} <> first AND {ROW} >= 0""")
+    width = op.fingerprint_batch(["probe text for the fingerprint shape"])
+    dtype, columns = width.dtype, width.shape[1]
+    first_parts, other_parts = [], []
+    reader = con.execute(f"""SELECT p.first, p.other, a.fp AS fa, b.fp AS fb FROM pairs p
+        JOIN fps a ON a.{ROW} = p.first JOIN fps b ON b.{ROW} = p.other""").fetch_record_batch(BATCH_ROWS)
+    for batch in reader:
+        fa = np.frombuffer(b"".join(batch.column("fa").to_pylist()), dtype).reshape(-1, columns)
+        fb = np.frombuffer(b"".join(batch.column("fb").to_pylist()), dtype).reshape(-1, columns)
+        verified = op.verify(fa, fb)
+        first_parts.append(batch.column("first").to_numpy()[verified])
+        other_parts.append(batch.column("other").to_numpy()[verified])
+    first = np.concatenate(first_parts) if first_parts else np.zeros(0, np.int64)
+    other = np.concatenate(other_parts) if other_parts else np.zeros(0, np.int64)
+    duplicates = duplicate_map(first, other, protected=set(np.unique(first[first < 0]).tolist()))
+    if not duplicates:
+        return DedupDecision()
+    con.register("duplicates", pa.table({"dup": list(duplicates), "kept": list(duplicates.values())}))
+    decision = DedupDecision()
+    reasons = con.execute(f"""SELECT d.dup, a.fp AS fk, b.fp AS fd, a.name AS source FROM duplicates d
+        JOIN fps a ON a.{ROW} = d.kept JOIN fps b ON b.{ROW} = d.dup""").fetch_record_batch(BATCH_ROWS)
+    for batch in reasons:
+        fk = np.frombuffer(b"".join(batch.column("fk").to_pylist()), dtype).reshape(-1, columns)
+        fd = np.frombuffer(b"".join(batch.column("fd").to_pylist()), dtype).reshape(-1, columns)
+        for i, (row, source) in enumerate(zip(batch.column("dup").to_pylist(), batch.column("source").to_pylist(),
+                                              strict=True)):
+            decision.drops[row] = f"{op.reason(fk[i], fd[i])} of {source or 'an earlier document'}"
+    con.close()
+    return decision
+
+
+def _repeated_unit_owners(units: ParquetSink, workdir: Path) -> dict[int, int]:
+    """{unit hash: first row owning it} for the units found in several documents (line/sentence dedup)."""
+    if units.writer is None:
+        return {}
+    con = _connect(workdir)
+    owners = con.execute(f"""SELECT key, min({ROW}) AS owner FROM read_parquet('{units.path}')
+        GROUP BY key HAVING count(DISTINCT {ROW}) > 1""").fetch_arrow_table()
+    con.close()
+    units = owners.column("key").to_numpy().view(np.uint64).tolist()
+    return dict(zip(units, owners.column("owner").to_pylist(), strict=True))
