@@ -38,7 +38,7 @@ install: $(VENV)/.installed
 
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
-	ln -sf $(CURDIR)/dagster.yaml $@
+	ln -sf $(CURDIR)/deploy/local/dagster.yaml $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/datamate demo
@@ -56,6 +56,7 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 
 # Benchmarks print ratios against baselines measured in the same run (see README, Performance).
 bench: install
+	$(VENV)/bin/python -m bench.cli --importtime
 	$(VENV)/bin/python -m bench.cleaning --sizes 10000,100000
 	$(VENV)/bin/python -m bench.indexing
 	$(VENV)/bin/python -m bench.llm_local

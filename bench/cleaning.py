@@ -3,8 +3,10 @@
 On a synthetic web corpus with planted exact and near duplicates (bench/corpus.py), in one run:
 1. near-dedup: our MinHash + LSH vs datasketch's MinHashLSH with the same num_perm/bands/rows, speed ratio and
    precision/recall of both against exact Jaccard (over planted pairs and every pair either method reports);
-2. the web-cleaning recipe (bench/web_recipe.yaml) at each size: docs/s and peak memory (each size in its own
-   process, so peak RSS is that size's);
+2. the web-cleaning recipe (bench/web_recipe.yaml) plus perplexity_filter at each size: docs/s, peak memory
+   (each size in its own process, so peak RSS is that size's) and perplexity_filter's CPU microseconds per
+   document; its KenLM and SentencePiece models are the tiny ones the tests build (tests/language_models.py),
+   given to Data-Juicer too (DATA_JUICER_MODELS_CACHE);
 3. with --data-juicer: the same recipe with Data-Juicer (bench/.venv-dj, created here) on the same data and the
    same number of processes.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,6 +29,26 @@ DATA = BENCH / ".data"
 RECIPE = BENCH / "web_recipe.yaml"
 DJ_VENV = BENCH / ".venv-dj"
 THRESHOLD, NUM_PERM = 0.7, 256
+MODELS = DATA / "models"
+PERPLEXITY = {"perplexity_filter": {"lang": "en", "max_ppl": 1500}}  # Data-Juicer's default bound
+
+
+def bench_process() -> list[dict]:
+    """The web recipe with perplexity_filter after its other filters (before the dedup steps)."""
+    import yaml
+
+    process = yaml.safe_load(RECIPE.read_text())["process"]
+    first_dedup = next(i for i, step in enumerate(process) if next(iter(step)).endswith("deduplicator"))
+    return [*process[:first_dedup], PERPLEXITY, *process[first_dedup:]]
+
+
+def ensure_models() -> None:
+    """Tiny models for perplexity_filter (DATAMATE_MODELS_DIR; Data-Juicer's cache variable too)."""
+    from tests.language_models import build_models
+
+    if not (MODELS / "en.arpa.bin").exists():
+        build_models(MODELS)
+    os.environ["DATAMATE_MODELS_DIR"] = os.environ["DATA_JUICER_MODELS_CACHE"] = str(MODELS)
 
 
 def shingle_set(text: str, window: int = 5) -> set[bytes]:
@@ -112,14 +135,19 @@ def run_recipe(n_docs: int, num_proc: int) -> dict:
     from operators.recipe import Recipe, run_local
 
     load_or_generate(n_docs, DATA)
+    ensure_models()
     table = pq.read_table(DATA / f"corpus-{n_docs}-0.parquet")
-    recipe = Recipe.load(RECIPE)
+    recipe = Recipe.from_process(bench_process())
     started = time.perf_counter()
     result = run_local(recipe, table, num_proc=num_proc)
     seconds = time.perf_counter() - started
+    perplexity = next(s for s in result.stats if s.operator == "perplexity_filter")
     return {"docs": n_docs, "seconds": round(seconds, 1), "docs_per_s": round(n_docs / seconds),
             "kept": result.kept.num_rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
-            "operators": len(recipe.operators)}
+            "operators": len(recipe.operators),
+            # summed over worker processes: CPU time per document, not wall time
+            "perplexity_us_per_doc": round(perplexity.seconds / max(perplexity.docs_in, 1) * 1e6, 1),
+            "perplexity_share": round(perplexity.seconds / sum(s.seconds for s in result.stats), 3)}
 
 
 DJ_RECIPE_DROP = {"document_line_deduplicator"}  # no Data-Juicer equivalent: left out of both runs for parity
@@ -130,7 +158,7 @@ def data_juicer_recipe(n_docs: int, num_proc: int, out: Path) -> Path:
     import yaml
 
     process = []
-    for step in yaml.safe_load(RECIPE.read_text())["process"]:
+    for step in bench_process():
         (name, params), = step.items()
         if name in DJ_RECIPE_DROP:
             continue
@@ -159,7 +187,16 @@ def data_juicer(n_docs: int, num_proc: int) -> dict:
                                  capture_output=True, text=True)
         if install.returncode != 0:
             return {"docs": n_docs, "error": "py-data-juicer could not be installed: " + install.stderr[-800:]}
+    # Installed before the measured run, which would otherwise install them itself: torch (Data-Juicer calls
+    # torch.cuda.empty_cache() after every operator; the machine's CPU wheel where there is one, --no-config keeps
+    # this project's torch override out), and the `kenlm` module as the kenlm-ex wheel (kenlm compiles for minutes)
+    if subprocess.run([str(DJ_VENV / "bin" / "python"), "-c", "import torch, kenlm, sentencepiece"],
+                      capture_output=True).returncode != 0:
+        wheels = ["--find-links", "/opt/wheels"] if Path("/opt/wheels").is_dir() else []
+        subprocess.run(["uv", "pip", "install", "-q", "--no-config", "-p",
+                        str(DJ_VENV / "bin" / "python"), *wheels, "torch", "kenlm-ex", "sentencepiece"], check=True)
     DATA.mkdir(exist_ok=True)
+    ensure_models()
     config = data_juicer_recipe(n_docs, num_proc, DATA)
     started = time.perf_counter()
     run = subprocess.run([str(DJ_VENV / "bin" / "dj-process"), "--config", str(config)], capture_output=True,

@@ -33,7 +33,7 @@ CORPUS = REPO / "bench" / ".data"
 def load_recipe(path: Path | None) -> Recipe:
     if path is not None:
         return Recipe.load(path)
-    spec = yaml.safe_load((REPO / "datasets" / "debian_docs.yaml").read_text())
+    spec = yaml.safe_load((REPO / "datamate_assets" / "defs" / "debian_docs" / "defs.yaml").read_text())["attributes"]
     return Recipe.from_process(spec["cleaning"]["process"])
 
 

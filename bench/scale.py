@@ -88,7 +88,7 @@ def write_spec(datasets: Path, corpus: Path, name: str) -> None:
     process = yaml.safe_load(RECIPE.read_text())["process"]
     spec = {"name": name, "sources": [{"type": "folder", "path": str(corpus), "include": ["*.jsonl"],
                                        "id_field": "id"}],
-            "cleaning": {"process": process}, "index": {"chunk_size": 800, "chunk_overlap": 100}}
+            "cleaning": {"process": process, "num_proc": 2}, "index": {"chunk_size": 800, "chunk_overlap": 100}}
     datasets.mkdir(parents=True, exist_ok=True)
     (datasets / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 

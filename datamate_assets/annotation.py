@@ -5,25 +5,34 @@
   its source and confidence in the `labels` JSON; human labels from Label Studio replace automatic ones and
   carry who and when.
 - `label_studio_tasks` (with `annotation.label_studio.export`): tasks with the labels as pre-annotations
-  (predictions) plus the labeling config, in Label Studio's import format, under `label_studio/<dataset>/`.
+  (predictions), in Label Studio's import format as sharded JSONL files (`tasks-00000.jsonl`, …), plus the
+  labeling config, under `label_studio/<dataset>/`; the URI of every shard is in the asset's metadata.
 - `human_labels` (with `annotation.label_studio`): every Label Studio JSON export found under the inbox
   prefix, read back into one row per document and field. A sensor (automation) can materialize it and
   `annotated` when a new export lands.
+
+Every step streams: documents are read from the `cleaned` table a batch at a time (the models are loaded once),
+labels and tasks are written as they are made, and the summaries in the metadata are counters.
 """
 
 import json
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
+import duckdb
+import numpy as np
 import pyarrow as pa
 
 from datamate_assets.keys import key
 from datamate_assets.spec import AnnotationSection, DatasetSpec
+from datamate_resources import tables
 from datamate_resources.embeddings import EmbeddingsResource
-from datamate_resources.io_manager import asset_parts
 from datamate_resources.llm import LLMResource
 from datamate_resources.storage import ObjectStore
+from datamate_resources.tables import TableRef
 from operators.annotation import label_studio
 from operators.annotation.labels import (
     label,
@@ -48,30 +57,44 @@ HUMAN_LABELS_SCHEMA = pa.schema([
     ("task_index", pa.int64()),
 ])
 EMBEDDING_TEXT_CHARS = 2000  # MiniLM reads 256 tokens; more text only costs tokenization
+DOCUMENT_BATCH = 512  # documents labeled (embedded or sent to the LLM) per batch
+TASKS_PER_SHARD = 5_000  # Label Studio tasks per JSONL file
+TASK_SHARD = "tasks-{:05d}.jsonl"
 
 
-def topic_labels(texts: list[str], section: AnnotationSection, context: dg.AssetExecutionContext,
-                 llm: LLMResource, embeddings: EmbeddingsResource, storage: ObjectStore) -> tuple[list, dict]:
-    """(one topic label or None per text, metadata about how they were made)."""
-    if not section.labels or not texts:
-        return [None] * len(texts), {}
-    if section.labeler == "embeddings":
-        model = embeddings.get_embeddings()
-        context.log.info(f"Topic by embeddings ({embeddings.model_name}) over {len(section.labels)} labels")
-        import numpy as np
+class TopicLabeler:
+    """Topic labels batch by batch, with the model (or LLM client) and the label vectors made once."""
 
-        doc_vectors = np.asarray(model.embed_documents([t[:EMBEDDING_TEXT_CHARS] for t in texts]))
-        label_vectors = np.asarray(model.embed_documents([label_description(n) for n in section.labels]))
-        source = f"embeddings:{embeddings.model_name}"
-        return topic_labels_from_embeddings(doc_vectors, label_vectors, section.labels, source), {}
-    client = llm.client(storage, context.log)
-    context.log.info(f"Topic by LLM ({client.model_name}) over {len(section.labels)} labels")
-    results = client.generate_structured([topic_messages(t, section.labels) for t in texts],
-                                         topic_schema(section.labels), cache_key_extra="annotation.topic.v1")
-    source = f"llm:{client.model_name}"
-    topics = [label(r.value.topic, r.value.confidence, source) if r.ok else {**label(None, 0, source),
-                                                                             "error": r.error} for r in results]
-    return topics, client.usage.as_metadata()
+    def __init__(self, section: AnnotationSection, context: dg.AssetExecutionContext, llm: LLMResource,
+                 embeddings: EmbeddingsResource, storage: ObjectStore):
+        self.labels = section.labels
+        self.client = self.model = self.label_vectors = None
+        if not self.labels:
+            return
+        if section.labeler == "embeddings":
+            self.model = embeddings.get_embeddings()
+            context.log.info(f"Topic by embeddings ({embeddings.model_name}) over {len(self.labels)} labels")
+            self.label_vectors = np.asarray(self.model.embed_documents([label_description(n) for n in self.labels]))
+            self.source = f"embeddings:{embeddings.model_name}"
+        else:
+            self.client = llm.client(storage, context.log)
+            context.log.info(f"Topic by LLM ({self.client.model_name}) over {len(self.labels)} labels")
+            self.source = f"llm:{self.client.model_name}"
+
+    def __call__(self, texts: list[str]) -> list:
+        """One topic label (or None without labels) per text."""
+        if not self.labels or not texts:
+            return [None] * len(texts)
+        if self.model is not None:
+            doc_vectors = np.asarray(self.model.embed_documents([t[:EMBEDDING_TEXT_CHARS] for t in texts]))
+            return topic_labels_from_embeddings(doc_vectors, self.label_vectors, self.labels, self.source)
+        results = self.client.generate_structured([topic_messages(t, self.labels) for t in texts],
+                                                  topic_schema(self.labels), cache_key_extra="annotation.topic.v1")
+        return [label(r.value.topic, r.value.confidence, self.source) if r.ok
+                else {**label(None, 0, self.source), "error": r.error} for r in results]
+
+    def metadata(self) -> dict:
+        return self.client.usage.as_metadata() if self.client is not None else {}
 
 
 def latest_human_labels(human: pa.Table | None) -> dict[str, dict[str, dict]]:
@@ -84,7 +107,8 @@ def latest_human_labels(human: pa.Table | None) -> dict[str, dict[str, dict]]:
     return by_doc
 
 
-def annotate(cleaned: pa.Table, section: AnnotationSection, topics: list, human: dict[str, dict]) -> pa.Table:
+def annotate(cleaned: pa.Table | pa.RecordBatch, section: AnnotationSection, topics: list,
+             human: dict[str, dict]) -> pa.RecordBatch:
     texts = cleaned.column("text").to_pylist()
     doc_ids = cleaned.column("doc_id").to_pylist()
     languages = language_labels(texts) if section.language else [None] * len(texts)
@@ -101,16 +125,58 @@ def annotate(cleaned: pa.Table, section: AnnotationSection, topics: list, human:
             "topic_source": _part(labels, "topic", "source"), "quality_score": _part(labels, "quality"),
             "labels": json.dumps(labels, ensure_ascii=False, sort_keys=True), "human_labeled": doc_id in human,
         })
-    return pa.Table.from_pylist(rows, schema=ANNOTATED_SCHEMA)
+    return pa.RecordBatch.from_pylist(rows, schema=ANNOTATED_SCHEMA)
 
 
 def _part(labels: dict[str, dict], name: str, part: str = "value") -> Any:
     return labels.get(name, {}).get(part)
 
 
-def distribution(table: pa.Table, column: str) -> str:
-    counts = Counter(table.column(column).to_pylist())
+def distribution(counts: Counter, column: str) -> str:
     return markdown_table([{column: value, "documents": n} for value, n in counts.most_common()])
+
+
+class AnnotationTotals:
+    """Counters over the annotated batches, for the metadata."""
+
+    def __init__(self):
+        self.documents = self.human_labeled = self.topic_failed = 0
+        self.languages: Counter = Counter()
+        self.topics: Counter = Counter()
+
+    def add(self, batch: pa.RecordBatch, topics: list) -> None:
+        self.documents += batch.num_rows
+        self.human_labeled += sum(batch.column("human_labeled").to_pylist())
+        self.topic_failed += sum(1 for t in topics if t is not None and t["value"] is None)
+        self.languages.update(batch.column("language").to_pylist())
+        self.topics.update(batch.column("topic").to_pylist())
+
+
+def join_tasks(db: duckdb.DuckDBPyConnection, cleaned: TableRef, annotated: TableRef) -> list[str]:
+    """Declares the `tasks` view (each annotated document with its text) in `db`; returns the languages seen.
+
+    DuckDB joins the two tables as it scans them; with one thread the task order is the same on every run."""
+    db.register("cleaned", cleaned.dataset())
+    db.register("annotated", annotated.dataset())
+    db.execute("create view tasks as select a.doc_id, a.labels, coalesce(c.text, '') as text "
+               "from annotated a left join (select doc_id, text from cleaned) c using (doc_id)")
+    return [row[0] for row in db.sql("select distinct coalesce(language, 'unknown') from annotated "
+                                     "order by 1").fetchall()]
+
+
+def task_shards(db: duckdb.DuckDBPyConnection, model_version: str) -> Iterator[list[dict]]:
+    """Label Studio tasks, `TASKS_PER_SHARD` at a time, read from the `tasks` view in batches."""
+    reader = db.sql("select doc_id, labels, text from tasks").fetch_record_batch(TASKS_PER_SHARD)
+    shard: list[dict] = []
+    for batch in reader:
+        for row in batch.to_pylist():
+            shard.append(label_studio.task(row["doc_id"], row["text"], json.loads(row["labels"]),
+                                           model_version=model_version))
+            if len(shard) == TASKS_PER_SHARD:
+                yield shard
+                shard = []
+    if shard:
+        yield shard
 
 
 def build_defs(spec: DatasetSpec) -> dg.Definitions:
@@ -122,33 +188,47 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
     assets = []
 
     @dg.asset(
-        key=annotated_key, group_name=spec.name, kinds={"parquet"},
+        key=annotated_key, group_name=spec.name, kinds={"delta"},
         ins={"cleaned": dg.AssetIn(key(spec, "cleaned"))},
         deps=[human_key] if studio else [],
         description="Per document: language (lingua), topic from the spec's labels, quality score; `labels` "
                     "holds every label with its source and confidence, human labels from Label Studio win.",
     )
     def annotated(context: dg.AssetExecutionContext, llm: LLMResource, embeddings: EmbeddingsResource,
-                  storage: ObjectStore, cleaned: pa.Table):
-        # Read through storage rather than as an input: without a label_studio section there is no such asset.
-        human_labels = storage.read_table(*asset_parts(human_key)) if studio else None
-        texts = cleaned.column("text").to_pylist()
-        context.log.info(f"Annotating {len(texts)} documents")
-        topics, llm_metadata = topic_labels(texts, section, context, llm, embeddings, storage)
-        human = latest_human_labels(human_labels)
-        table = annotate(cleaned, section, topics, human)
-        failed = sum(1 for t in topics if t is not None and t["value"] is None)
-        context.log.info(f"{table.num_rows} documents annotated, {failed} topics failed, "
-                         f"{sum(table.column('human_labeled').to_pylist())} with human labels")
+                  storage: ObjectStore, cleaned: TableRef):
+        # The human labels table through the table API rather than as an input: without a label_studio section
+        # there is no such asset. It holds what people labeled, small next to the corpus.
+        human_ref = tables.current(storage, spec.name, "human_labels") if studio else None
+        human = latest_human_labels(human_ref.read() if human_ref is not None else None)
+        context.log.info(f"Annotating {cleaned.num_rows} documents in batches of {DOCUMENT_BATCH}")
+        # Opened (first batch read) before the models load, so a failing store fails fast, before model work.
+        documents_in = cleaned.batches(columns=["doc_id", "text"], batch_size=DOCUMENT_BATCH)
+        labeler = TopicLabeler(section, context, llm, embeddings, storage)
+        totals = AnnotationTotals()
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for documents in documents_in:
+                topics = labeler(documents.column("text").to_pylist())
+                batch = annotate(documents, section, topics, human)
+                totals.add(batch, topics)
+                yield batch
+
+        ref = tables.write(storage, spec.name, "annotated", batches(), schema=ANNOTATED_SCHEMA,
+                           run_id=context.run.run_id)
+        context.log.info(f"{totals.documents} documents annotated, {totals.topic_failed} topics failed, "
+                         f"{totals.human_labeled} with human labels")
         metadata = {
-            "documents": table.num_rows,
-            "human_labeled": int(sum(table.column("human_labeled").to_pylist())),
-            "topic_failed": failed,
-            "language_distribution": dg.MetadataValue.md(distribution(table, "language")),
-            **({"topic_distribution": dg.MetadataValue.md(distribution(table, "topic"))} if section.labels else {}),
-            **llm_metadata,
+            "documents": totals.documents,
+            "human_labeled": totals.human_labeled,
+            "topic_failed": totals.topic_failed,
+            "cleaned_version": cleaned.version,
+            **({"human_labels_version": human_ref.version} if human_ref is not None else {}),
+            "language_distribution": dg.MetadataValue.md(distribution(totals.languages, "language")),
+            **({"topic_distribution": dg.MetadataValue.md(distribution(totals.topics, "topic"))}
+               if section.labels else {}),
+            **labeler.metadata(),
         }
-        return dg.Output(table, metadata=metadata)
+        return dg.Output(ref, metadata=metadata)
 
     assets.append(annotated)
 
@@ -156,7 +236,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         inbox = studio.inbox
 
         @dg.asset(
-            key=human_key, group_name=spec.name, kinds={"parquet", "labelstudio"},
+            key=human_key, group_name=spec.name, kinds={"delta", "labelstudio"},
             description=f"Human labels read from the Label Studio JSON exports under `{inbox}/` in storage: one row "
                         "per document and field, with annotator and time.",
         )
@@ -196,27 +276,43 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         @dg.asset(
             key=key(spec, "label_studio_tasks"), group_name=spec.name, kinds={"json", "labelstudio"},
             ins={"cleaned": dg.AssetIn(key(spec, "cleaned")), "annotated": dg.AssetIn(annotated_key)},
-            description="Label Studio tasks with the current labels as pre-annotations, and the labeling config "
-                        f"(import both into a Label Studio project), under `label_studio/{spec.name}/`.",
+            description="Label Studio tasks with the current labels as pre-annotations (sharded JSONL files, "
+                        f"{TASKS_PER_SHARD} tasks each), and the labeling config (import both into a Label Studio "
+                        f"project), under `label_studio/{spec.name}/`; the metadata lists every file's URI.",
         )
-        def label_studio_tasks(context: dg.AssetExecutionContext, storage: ObjectStore, cleaned: pa.Table,
-                               annotated: pa.Table) -> dg.MaterializeResult:
-            texts = dict(zip(cleaned.column("doc_id").to_pylist(), cleaned.column("text").to_pylist(), strict=True))
-            rows = annotated.to_pylist()
-            tasks = [label_studio.task(r["doc_id"], texts.get(r["doc_id"], ""), json.loads(r["labels"]),
-                                       model_version=f"datamate:{spec.name}") for r in rows]
-            config = label_studio.labeling_config(section.labels, {r["language"] or "unknown" for r in rows})
-            tasks_path = storage.write_bytes(json.dumps(tasks, ensure_ascii=False, indent=1).encode(),
-                                             "label_studio", spec.name, "tasks.json")
-            storage.write_bytes(config.encode(), "label_studio", spec.name, "config.xml")
-            context.log.info(f"{len(tasks)} Label Studio tasks written to {tasks_path}")
+        def label_studio_tasks(context: dg.AssetExecutionContext, storage: ObjectStore, cleaned: TableRef,
+                               annotated: TableRef) -> dg.MaterializeResult:
+            folder = ("label_studio", spec.name)
+            shards, tasks, with_predictions, sample = [], 0, 0, {}
+            # The join spills to a temporary directory rather than hold both tables in memory.
+            with tempfile.TemporaryDirectory(prefix="datamate-duckdb-") as spill, \
+                    duckdb.connect(config={"threads": 1, "temp_directory": spill}) as db:
+                config = label_studio.labeling_config(section.labels, join_tasks(db, cleaned, annotated))
+                for number, shard in enumerate(task_shards(db, f"datamate:{spec.name}")):
+                    name = TASK_SHARD.format(number)
+                    lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in shard)
+                    storage.write_bytes(lines.encode(), *folder, name)
+                    shards.append(name)
+                    tasks += len(shard)
+                    with_predictions += sum(1 for t in shard if t["predictions"])
+                    sample = sample or shard[0]
+            # Shards of an earlier, larger export would be imported with these: they go.
+            for path in storage.list(*folder, pattern="tasks*"):
+                if path.rsplit("/", 1)[-1] not in shards:
+                    storage.fs.rm(path)
+            storage.write_bytes(config.encode(), *folder, "config.xml")
+            context.log.info(f"{tasks} Label Studio tasks written to {len(shards)} files under "
+                             f"{storage.uri(*folder)}")
             return dg.MaterializeResult(metadata={
-                "tasks": len(tasks),
-                "tasks_with_predictions": sum(1 for t in tasks if t["predictions"]),
-                "tasks_uri": storage.uri("label_studio", spec.name, "tasks.json"),
-                "config_uri": storage.uri("label_studio", spec.name, "config.xml"),
+                "tasks": tasks,
+                "tasks_with_predictions": with_predictions,
+                "task_files": len(shards),
+                "task_uris": dg.MetadataValue.json([storage.uri(*folder, name) for name in shards]),
+                "config_uri": storage.uri(*folder, "config.xml"),
+                "annotated_version": annotated.version,
+                "cleaned_version": cleaned.version,
                 "labeling_config": dg.MetadataValue.md(f"```xml\n{config}```"),
-                "sample_task": dg.MetadataValue.json(tasks[0] if tasks else {}),
+                "sample_task": dg.MetadataValue.json(sample),
             })
 
         assets.append(label_studio_tasks)

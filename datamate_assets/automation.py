@@ -10,7 +10,8 @@
 - Concurrency: runs touching Milvus carry the `datamate/milvus` tag, runs calling the LLM `datamate/llm`;
   the instance's `tag_concurrency_limits` bound them.
 
-`apply_automation(defs, specs)` adds all of this to the merged stage definitions without editing the stages.
+`dataset_automation(spec, stages)` adds one dataset's part to the stages `DatasetComponent` builds;
+`project_automation()` holds the sensors that serve every dataset.
 """
 
 import hashlib
@@ -19,6 +20,7 @@ import os
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -35,6 +37,7 @@ TRIGGER_TAG = "datamate/trigger"
 INBOX_FILES_TAG = "datamate/inbox_files"
 MILVUS_TAG = "datamate/milvus"
 LLM_TAG = "datamate/llm"
+CONCURRENCY_TAG = "datamate/concurrency"  # asset tag: "milvus" or "llm", the automation sensor that runs it
 FAILURE_WEBHOOK_ENV = "DATAMATE_FAILURE_WEBHOOK_URL"
 
 COLLECTION_STAGES = ("collected", "collection_rejects")
@@ -101,30 +104,54 @@ def changed_files(listing: dict[str, str], cursor: dict[str, str]) -> list[str]:
 
 
 def inbox_tick(
-    context: dg.SensorEvaluationContext, inboxes: Iterable[Inbox], storage: ObjectStore, tags: dict[str, str]
+    context: dg.SensorEvaluationContext, inboxes: Iterable[Inbox], storage: ObjectStore, tags: dict[str, str],
+    seed_from: dg.AssetKey | None = None,
 ) -> dg.SensorResult:
     """One run for the files that are new or changed since the cursor.
 
     The cursor (every file's fingerprint) is committed with the run request; the run key hashes the previous
     cursor and the files, so a tick retried after a crash or a daemon restart asks for the same run and
-    Dagster drops the duplicate.
+    Dagster drops the duplicate. A sensor without a cursor (first start, e.g. `make dev` after `make demo`) but
+    whose target `seed_from` was materialized already begins from that materialization: files not modified
+    since then count as collected (`seeded_cursor`), so unchanged data starts no run.
     """
-    cursor = json.loads(context.cursor) if context.cursor else {}
     inboxes = list(inboxes)
     client = storage.get_client() if any(i.url.startswith("s3://") for i in inboxes) else None
     listing: dict[str, str] = {}
     for inbox in inboxes:
         listing.update(inbox.list(client))
+    seeded = ""
+    if context.cursor:
+        cursor = json.loads(context.cursor)
+    else:
+        latest = context.instance.get_latest_materialization_event(seed_from) if seed_from else None
+        cursor = seeded_cursor(listing, latest.timestamp) if latest else {}
+        if latest:
+            seeded = (f"; began from the materialization of {seed_from.to_user_string()} at "
+                      f"{datetime.fromtimestamp(latest.timestamp, UTC):%Y-%m-%d %H:%M:%S} UTC")
     files = changed_files(listing, cursor)
     next_cursor = json.dumps(listing, sort_keys=True)
     if not files:
-        return dg.SensorResult(skip_reason=f"No new or changed files in {len(listing)} watched", cursor=next_cursor)
+        return dg.SensorResult(skip_reason=f"No new or changed files in {len(listing)} watched{seeded}",
+                               cursor=next_cursor)
     run_key = hashlib.sha256(
         json.dumps([context.cursor or "", [[f, listing[f]] for f in files]]).encode()
     ).hexdigest()
-    context.log.info(f"{len(files)} new or changed files: {', '.join(files[:20])}")
+    context.log.info(f"{len(files)} new or changed files{seeded}: {', '.join(files[:20])}")
     request = dg.RunRequest(run_key=run_key, tags={**tags, INBOX_FILES_TAG: json.dumps(files)})
     return dg.SensorResult(run_requests=[request], cursor=next_cursor)
+
+
+def seeded_cursor(listing: dict[str, str], materialized_at: float) -> dict[str, str]:
+    """The files a materialization at `materialized_at` (epoch seconds) has seen: local files (fingerprint
+    `size:ISO mtime`) not modified since; S3 objects (fingerprint: ETag, no time) all of them."""
+    def seen(fingerprint: str) -> bool:
+        _, _, modified = fingerprint.partition(":")
+        try:
+            return datetime.fromisoformat(modified).timestamp() <= materialized_at
+        except ValueError:
+            return True
+    return {uri: fingerprint for uri, fingerprint in listing.items() if seen(fingerprint)}
 
 
 def inbox_sensor(spec: DatasetSpec, target: list[dg.AssetKey]) -> dg.SensorDefinition:
@@ -139,7 +166,8 @@ def inbox_sensor(spec: DatasetSpec, target: list[dg.AssetKey]) -> dg.SensorDefin
         default_status=dg.DefaultSensorStatus.RUNNING,
     )
     def _sensor(context: dg.SensorEvaluationContext, storage: ObjectStore) -> dg.SensorResult:
-        return inbox_tick(context, inboxes, storage, {DATASET_TAG: spec.name, TRIGGER_TAG: "inbox"})
+        return inbox_tick(context, inboxes, storage, {DATASET_TAG: spec.name, TRIGGER_TAG: "inbox"},
+                          seed_from=key(spec, "collected"))
 
     return _sensor
 
@@ -157,7 +185,8 @@ def label_studio_sensor(spec: DatasetSpec, target: dg.AssetKey) -> dg.SensorDefi
     )
     def _sensor(context: dg.SensorEvaluationContext, storage: ObjectStore) -> dg.SensorResult:
         inbox = Inbox(storage.uri(prefix), include=("**/*.json",))
-        return inbox_tick(context, [inbox], storage, {DATASET_TAG: spec.name, TRIGGER_TAG: "label_studio"})
+        return inbox_tick(context, [inbox], storage, {DATASET_TAG: spec.name, TRIGGER_TAG: "label_studio"},
+                          seed_from=target)
 
     return _sensor
 
@@ -200,21 +229,25 @@ def defined_asset_keys(defs: dg.Definitions) -> set[dg.AssetKey]:
     return keys
 
 
-def automation_sensors(milvus: list[dg.AssetKey], llm: list[dg.AssetKey]) -> list[dg.SensorDefinition]:
-    """One automation-condition sensor per concurrency class: the runs it launches carry that class's tag."""
-    other = dg.AssetSelection.all() - dg.AssetSelection.assets(*milvus, *llm)
+def concurrency_class(spec: DatasetSpec, stage: str) -> str | None:
+    return "milvus" if stage in MILVUS_STAGES else "llm" if is_llm_stage(spec, stage) else None
+
+
+def automation_sensors() -> list[dg.SensorDefinition]:
+    """One automation-condition sensor per concurrency class (the assets' CONCURRENCY_TAG): the runs it launches
+    carry that class's run tag, which the instance's tag_concurrency_limits bound."""
+    tagged = {name: dg.AssetSelection.tag(CONCURRENCY_TAG, name) for name in ("milvus", "llm")}
     sensors = [
         dg.AutomationConditionSensorDefinition(
-            "datamate_automation", target=other, default_status=dg.DefaultSensorStatus.RUNNING,
-            minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+            "datamate_automation", target=dg.AssetSelection.all() - tagged["milvus"] - tagged["llm"],
+            default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
         )
     ]
-    for name, keys, tag in (("milvus", milvus, MILVUS_TAG), ("llm", llm, LLM_TAG)):
-        if keys:
-            sensors.append(dg.AutomationConditionSensorDefinition(
-                f"datamate_{name}_automation", target=dg.AssetSelection.assets(*keys), run_tags={tag: name},
-                default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
-            ))
+    for name, tag in (("milvus", MILVUS_TAG), ("llm", LLM_TAG)):
+        sensors.append(dg.AutomationConditionSensorDefinition(
+            f"datamate_{name}_automation", target=tagged[name], run_tags={tag: name},
+            default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+        ))
     return sensors
 
 
@@ -253,36 +286,35 @@ def failure_sensor(context: dg.RunFailureSensorContext) -> None:
 
 
 # --- wiring -------------------------------------------------------------------------------------------
-def apply_automation(defs: dg.Definitions, specs: list[DatasetSpec]) -> dg.Definitions:
-    """The merged stage definitions with automation conditions, schedules, sensors and concurrency tags."""
-    by_name = {spec.name: spec for spec in specs}
+def dataset_automation(spec: DatasetSpec, stages: dg.Definitions) -> dg.Definitions:
+    """One dataset's stage definitions with their automation conditions and concurrency tags, plus the dataset's
+    schedule and sensors (what `DatasetComponent.build_defs` adds to the stages it builds)."""
 
     def automate(asset_spec: dg.AssetSpec) -> dg.AssetSpec:
-        spec = by_name.get(asset_spec.key.path[0])
-        # A stage that chose its own condition keeps it.
-        if spec is None or len(asset_spec.key.path) != 2 or asset_spec.automation_condition is not None:
-            return asset_spec
-        condition = stage_condition(spec, asset_spec.key.path[1])
-        return asset_spec.replace_attributes(automation_condition=condition) if condition else asset_spec
+        stage = asset_spec.key.path[-1]
+        if asset_spec.automation_condition is None and (condition := stage_condition(spec, stage)):
+            asset_spec = asset_spec.replace_attributes(automation_condition=condition)  # a stage's own one stays
+        if concurrency := concurrency_class(spec, stage):
+            asset_spec = asset_spec.merge_attributes(tags={CONCURRENCY_TAG: concurrency})
+        return asset_spec
 
     with warnings.catch_warnings():  # why: map_asset_specs is marked preview; its warning would flood every load
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        defs = defs.map_asset_specs(func=automate)
-    keys = defined_asset_keys(defs)
-    sensors: list[dg.SensorDefinition] = [failure_sensor]
+        stages = stages.map_asset_specs(func=automate)
+    keys = defined_asset_keys(stages)
+    sensors: list[dg.SensorDefinition] = []
     schedules: list[dg.ScheduleDefinition] = []
-    milvus: list[dg.AssetKey] = []
-    llm: list[dg.AssetKey] = []
-    for spec in specs:
-        collection = [key(spec, stage) for stage in COLLECTION_STAGES if key(spec, stage) in keys]
-        if collection and spec.automation and spec.automation.schedule:
-            schedules.append(recollect_schedule(spec, collection))
-        if collection and spec.automation and spec.automation.inbox_sensor:
-            sensors.append(inbox_sensor(spec, collection))
-        ls_import = key(spec, LABEL_STUDIO_IMPORT_STAGE)
-        if ls_import in keys and spec.annotation and spec.annotation.label_studio:
-            sensors.append(label_studio_sensor(spec, ls_import))
-        milvus += [key(spec, stage) for stage in MILVUS_STAGES if key(spec, stage) in keys]
-        llm += [k for k in keys if k.path[0] == spec.name and is_llm_stage(spec, k.path[-1])]
-    sensors += automation_sensors(milvus, sorted(llm, key=lambda k: k.path))
-    return dg.Definitions.merge(defs, dg.Definitions(sensors=sensors, schedules=schedules))
+    collection = [key(spec, stage) for stage in COLLECTION_STAGES if key(spec, stage) in keys]
+    if collection and spec.automation and spec.automation.schedule:
+        schedules.append(recollect_schedule(spec, collection))
+    if collection and spec.automation and spec.automation.inbox_sensor:
+        sensors.append(inbox_sensor(spec, collection))
+    ls_import = key(spec, LABEL_STUDIO_IMPORT_STAGE)
+    if ls_import in keys and spec.annotation and spec.annotation.label_studio:
+        sensors.append(label_studio_sensor(spec, ls_import))
+    return dg.Definitions.merge(stages, dg.Definitions(sensors=sensors, schedules=schedules))
+
+
+def project_automation() -> dg.Definitions:
+    """What serves every dataset of a project: the run-failure sensor and the automation-condition sensors."""
+    return dg.Definitions(sensors=[failure_sensor, *automation_sensors()])

@@ -25,7 +25,10 @@ from datamate_resources import tables
 from datamate_resources.ray import DatamateRay
 from datamate_resources.storage import ObjectStore
 from datamate_resources.tables import TableRef
-from operators.recipe import Recipe, StepStats, run_ray
+from operators.analysis import quantile_table, sample_batches, summarize
+from operators.dj_config import load_config
+from operators.evaluation.report import markdown_image
+from operators.recipe import STATS, Recipe, StepStats, run_ray, stats_type
 from operators.stream import INDEX_SCHEMA, ParquetSink, run_stream
 
 DROPS_COLUMNS = ["doc_id", "source_uri", "operator", "reason", "text"]
@@ -64,8 +67,12 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         return dg.Definitions()
     section = spec.cleaning
     # Fails at load time with operator, parameter and reason, before any data is read.
-    recipe = Recipe.from_process(section.process, section.text_key)
-    cleaned_key = key(spec, "cleaned")
+    if section.config:  # a Data-Juicer config file, relative to the spec
+        base = spec.spec_path.parent if spec.spec_path else Path.cwd()
+        recipe = load_config(base / section.config).recipe
+    else:
+        recipe = Recipe.from_process(section.process, section.text_key)
+    cleaned_key, drops_key = key(spec, "cleaned"), key(spec, "cleaning_drops")
 
     def clean(context: dg.AssetExecutionContext, storage: ObjectStore, collected: TableRef, on_ray: bool):
         plan = Plan.make(storage, spec.name, recipe, collected)
@@ -87,17 +94,21 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
                                    identity=_identity, num_proc=section.num_proc, log=context.log.info).stats
             kept.close()
             drops.close()
+            plots = _statistics(recipe, kept, drops)
             cleaned_ref, drops_ref, index_ref = plan.commit(storage, spec.name, Path(work), kept, drops,
                                                              context.run.run_id)
         cumulative = _cumulative(context, cleaned_key, stats, plan.incremental)
-        metadata = _metadata(recipe, plan, stats, cumulative, kept.rows, drops.rows)
+        metadata = {**_metadata(recipe, plan, stats, cumulative, kept.rows, drops.rows), **plots}
         if index_ref is not None:  # kept beside the table it indexes; `datamate datasets` lists it too
             metadata["signature_index"] = dg.MetadataValue.md(f"`{index_ref.uri}` version {index_ref.version}, "
                                                               f"{index_ref.num_rows} rows")
-        yield dg.Output(cleaned_ref, "cleaned", metadata=metadata)
-        yield dg.Output(drops_ref, "cleaning_drops", metadata={
-            "by_operator": dg.MetadataValue.md(_drops_by_operator(drops_ref)),
-        })
+        # Both tables are always written together (incremental runs read both); a subset reports what it selected.
+        if cleaned_key in context.selected_asset_keys:
+            yield dg.Output(cleaned_ref, "cleaned", metadata=metadata)
+        if drops_key in context.selected_asset_keys:
+            yield dg.Output(drops_ref, "cleaning_drops", metadata={
+                "by_operator": dg.MetadataValue.md(_drops_by_operator(drops_ref)),
+            })
 
     # Only datasets that run on Ray ask for the Ray resource, so a local run never starts Ray.
     if section.executor == "ray":
@@ -112,17 +123,19 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         group_name=spec.name,
         ins={"collected": dg.AssetIn(key(spec, "collected"))},
         outs={
-            "cleaned": dg.AssetOut(key=cleaned_key, code_version=recipe.hash,
+            "cleaned": dg.AssetOut(key=cleaned_key, code_version=recipe.hash, is_required=False,
                                    description=f"Collected documents after the cleaning recipe {recipe.hash}"),
-            "cleaning_drops": dg.AssetOut(key=key(spec, "cleaning_drops"), code_version=recipe.hash,
+            "cleaning_drops": dg.AssetOut(key=drops_key, code_version=recipe.hash, is_required=False,
                                           description="Documents the recipe dropped, with operator and reason"),
         },
+        can_subset=True,  # `--select '*mydocs/indexed'` selects `cleaned` without its drops
     )(compute)
     return dg.Definitions(assets=[cleaning])
 
 
 DELETED = "__deleted"
 IDENTITY = ["doc_id", "source_uri"]
+STATS_SAMPLE = 50_000  # documents whose statistics are plotted
 INDEX_STAGE = "dedup_index"  # the signature index of the published documents, beside `cleaned`
 
 
@@ -181,8 +194,11 @@ class Plan:
                run_id: str) -> tuple[TableRef, TableRef, TableRef | None]:
         """One version per table: written whole on a first run, merged (insert new, delete removed) after; the
         signature index rewritten whenever anything changed."""
-        kept_schema = pa.schema([*self.collected.schema, pa.field("recipe_hash", pa.string())])
-        drops_schema = pa.schema([(name, pa.string()) for name in DROPS_COLUMNS])
+        # per-document filter statistics (Data-Juicer's __dj__stats__) ride along in both tables, to re-tune by
+        stats = [pa.field(STATS, stats_type(self.recipe.operators))] if stats_type(self.recipe.operators) else []
+        kept_schema = pa.schema([*(f for f in self.collected.schema if f.name != STATS), *stats,
+                                 pa.field("recipe_hash", pa.string())])
+        drops_schema = pa.schema([*((name, pa.string()) for name in DROPS_COLUMNS), *stats])
         refs = []
         for stage, sink, schema, shape in (("cleaned", kept, kept_schema, self._kept_rows),
                                            ("cleaning_drops", drops, drops_schema, _drops_rows)):
@@ -218,6 +234,22 @@ class Plan:
             yield pa.RecordBatch.from_pydict(columns, schema=schema)
 
 
+def _statistics(recipe: Recipe, kept: ParquetSink, drops: ParquetSink) -> dict:
+    """Each filter statistic of this run's documents (kept and dropped, a bounded sample): a histogram with the
+    recipe's bounds drawn on it and a quantile table, to re-tune thresholds by."""
+    if stats_type(recipe.operators) is None:
+        return {}
+    columns = (pa.Table.from_batches([batch]).select([STATS]) for sink in (kept, drops) for batch in sink.batches()
+               if STATS in batch.schema.names)
+    sample = list(sample_batches(columns, STATS_SAMPLE))
+    summaries = summarize(recipe, pa.concat_tables(sample)) if sample else []
+    if not summaries:
+        return {}
+    plots = "\n\n".join(markdown_image(s.png, s.name) for s in summaries)
+    return {"statistics": dg.MetadataValue.md(quantile_table(summaries)),
+            "statistics_plots": dg.MetadataValue.md(plots)}
+
+
 def _same_recipe(previous: TableRef, recipe: Recipe) -> bool:
     if "recipe_hash" not in previous.schema.names:
         return False
@@ -227,8 +259,11 @@ def _same_recipe(previous: TableRef, recipe: Recipe) -> bool:
 
 def _drops_rows(batch: pa.RecordBatch) -> pa.Table:
     table = pa.Table.from_batches([batch])
-    return pa.table({name: table.column(name).cast(pa.string()) if name in table.column_names
-                     else pa.nulls(table.num_rows, pa.string()) for name in DROPS_COLUMNS})
+    columns = {name: table.column(name).cast(pa.string()) if name in table.column_names
+               else pa.nulls(table.num_rows, pa.string()) for name in DROPS_COLUMNS}
+    if STATS in table.column_names:
+        columns[STATS] = table.column(STATS)
+    return pa.table(columns)
 
 
 def _drops_by_operator(drops: TableRef) -> str:

@@ -73,7 +73,7 @@ def describe(source: Source) -> str:
 def source_records(source: Source, spec: DatasetSpec, storage: ObjectStore) -> Iterator[Document | Reject]:
     options = ReadOptions(
         text_field=source.text_field, id_field=source.id_field, title_field=source.title_field,
-        max_bytes=source.max_bytes,
+        max_bytes=source.max_bytes, html_format=source.html_format,
     )
     match source:
         case FolderSource():
@@ -214,7 +214,8 @@ def compare(documents: pa.Table, previous: pa.Table | None) -> tuple[np.ndarray,
 def removed_uris(documents: pa.Table, previous: pa.Table | None) -> pa.Array:
     if previous is None or previous.num_rows == 0:
         return pa.array([], pa.string())
-    return previous["source_uri"].filter(pc.invert(pc.is_in(previous["source_uri"], documents["source_uri"])))
+    uris = previous["source_uri"]
+    return uris.filter(pc.invert(pc.is_in(uris, documents["source_uri"]))).combine_chunks()
 
 
 DELETED = "__deleted"
@@ -308,11 +309,11 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         name=f"{spec.name}_collection",
         outs={
             "collected": dg.AssetOut(
-                key=collected_key, group_name=spec.name, kinds={"parquet"},
+                key=collected_key, group_name=spec.name, kinds={"delta"}, is_required=False,
                 description=f"One row per document collected from: {sources}. doc_id is the sha256 of the text.",
             ),
             "collection_rejects": dg.AssetOut(
-                key=rejects_key, group_name=spec.name, kinds={"parquet"},
+                key=rejects_key, group_name=spec.name, kinds={"delta"}, is_required=False,
                 description="Inputs set aside during collection, with the reason (unreadable, corrupt, encoding, "
                 "empty, binary, oversized, parse_error, …).",
             ),

@@ -5,23 +5,34 @@ the knowledge base on the synthesized questions, whose source chunk is known).
 Milvus Lite is opened by one process at a time: each step opens it only while it works, and the assets that
 touch it share the `milvus` pool, so `dagster instance concurrency set milvus 1` (with op-granularity pools)
 serialises them across runs. For concurrent access use `milvus-lite server` or a Milvus server.
+
+Every step streams, so memory does not grow with the corpus: `chunks` reads the cleaned table a batch of
+documents at a time and writes chunks as they come (the length summary is a DuckDB query over the written table);
+`indexed` diffs chunk ids (not texts) against the collection and embeds the new chunks batch by batch;
+`retrieval_eval` reads the synthesized questions and only the chunk ids they name.
 """
 
 import json
 import time
 
 import dagster as dg
+import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.dataset as pds
 
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
+from datamate_resources import tables
 from datamate_resources.embeddings import EmbeddingsResource, RayEmbeddings
 from datamate_resources.milvus import KnowledgeBase, MilvusResource
 from datamate_resources.ray import DatamateRay
-from operators.chunking import ChunkingConfig, chunk_documents
+from datamate_resources.storage import ObjectStore
+from datamate_resources.tables import TableRef
+from operators.chunking import CHUNK_SCHEMA, ChunkingConfig, ChunkingTotals, chunk_batches
 
 MILVUS_POOL = "milvus"
+# Cleaned documents per batch: a batch and its chunks are what chunking holds in memory.
+DOCUMENT_BATCH = 1_000
 EVAL_COLUMNS = ["record_id", "question", "chunk_id", "doc_id", "rank", "top_chunk_ids"]
 
 
@@ -31,12 +42,15 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def length_summary(lengths: list[int]) -> str:
-    if not lengths:
+def length_summary(chunks: TableRef) -> str:
+    """Chunk lengths in characters (min, p50, p90, p99, max), computed by DuckDB over the table's text column."""
+    with duckdb.connect() as db:
+        db.register("chunks", chunks.dataset())  # scanned in batches, the text column only
+        row = db.sql("select min(n), quantile_disc(n, [0.5, 0.9, 0.99]), max(n) "
+                     "from (select length(text) as n from chunks)").fetchone()
+    if row[0] is None:
         return "_(no chunks)_"
-    ordered = sorted(lengths)
-    pick = [ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.0, 0.5, 0.9, 0.99)]
-    return markdown_table(["min", "p50", "p90", "p99", "max"], [[*pick, ordered[-1]]])
+    return markdown_table(["min", "p50", "p90", "p99", "max"], [[row[0], *row[1], row[2]]])
 
 
 def build_defs(spec: DatasetSpec) -> dg.Definitions:
@@ -51,29 +65,34 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         ins={"cleaned": dg.AssetIn(key(spec, "cleaned"))},
         description=f"Cleaned documents split by the `{config.splitter}` splitter "
         f"(size {config.chunk_size}, overlap {config.chunk_overlap}).",
-        kinds={"python", "parquet"},
+        kinds={"python", "delta"},
     )
-    def chunks(context: dg.AssetExecutionContext, cleaned: pa.Table) -> dg.Output[pa.Table]:
-        result = chunk_documents(cleaned, config)
-        for doc_id in result.empty_documents[:20]:
+    def chunks(context: dg.AssetExecutionContext, storage: ObjectStore, cleaned: TableRef) -> dg.Output[TableRef]:
+        # Streamed: cleaned documents are read a batch at a time and their chunks written as they come.
+        totals = ChunkingTotals()
+        columns = [c for c in ("doc_id", "text", "source_uri", "recipe_hash") if c in cleaned.schema.names]
+        documents = cleaned.batches(columns=columns, batch_size=DOCUMENT_BATCH)
+        ref = tables.write(storage, spec.name, "chunks", chunk_batches(documents, config, totals),
+                           schema=CHUNK_SCHEMA, run_id=context.run.run_id)
+        for doc_id in totals.empty_examples:
             context.log.warning(f"document {doc_id} has no text to chunk; it gets no chunk")
-        context.log.info(f"{result.documents} documents -> {result.chunks.num_rows} chunks")
-        lengths = pc.utf8_length(result.chunks["text"]).to_pylist()
+        context.log.info(f"{totals.documents} documents -> {totals.chunks} chunks")
         return dg.Output(
-            result.chunks,
+            ref,
             metadata={
-                "documents": result.documents,
-                "chunks": result.chunks.num_rows,
-                "documents_without_chunks": len(result.empty_documents),
-                "repeated_chunks_merged": result.duplicate_chunks,
+                "documents": totals.documents,
+                "chunks": totals.chunks,
+                "documents_without_chunks": totals.empty_documents,
+                "repeated_chunks_merged": totals.duplicate_chunks,
                 "splitter": config.splitter,
                 "chunk_size": config.chunk_size,
                 "chunk_overlap": config.chunk_overlap,
-                "chunk_characters": dg.MetadataValue.md(length_summary(lengths)),
+                "chunk_characters": dg.MetadataValue.md(length_summary(ref)),
+                "cleaned_version": cleaned.version,
             },
         )
 
-    def index(context: dg.AssetExecutionContext, chunks: pa.Table, milvus: MilvusResource,
+    def index(context: dg.AssetExecutionContext, chunks: TableRef, milvus: MilvusResource,
               embeddings: EmbeddingsResource, on_ray: bool) -> dg.MaterializeResult:
         started = time.perf_counter()
 
@@ -91,7 +110,8 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
                     where=milvus.describe(), timeout=milvus.timeout_seconds, logger=context.log,
                 )
                 report = knowledge_base.sync(
-                    chunks, index_type=section.index_type, hybrid=section.hybrid, on_progress=progress
+                    chunks, index_type=section.index_type, hybrid=section.hybrid, on_progress=progress,
+                    source_version=str(chunks.version),
                 )
         finally:
             if on_ray:
@@ -106,6 +126,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         return dg.MaterializeResult(
             metadata={
                 "chunks": report.chunks,
+                "chunks_version": chunks.version,
                 "vectors": report.vectors,
                 "embedded": report.embedded,
                 "deleted": report.deleted,
@@ -128,11 +149,11 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
 
     # Only datasets that embed on Ray ask for the Ray resource, so a local run never starts Ray.
     if section.executor == "ray":
-        def compute(context: dg.AssetExecutionContext, chunks: pa.Table, milvus: MilvusResource,
+        def compute(context: dg.AssetExecutionContext, chunks: TableRef, milvus: MilvusResource,
                     embeddings: EmbeddingsResource, ray: DatamateRay) -> dg.MaterializeResult:
             return index(context, chunks, milvus, embeddings, on_ray=True)
     else:
-        def compute(context: dg.AssetExecutionContext, chunks: pa.Table, milvus: MilvusResource,
+        def compute(context: dg.AssetExecutionContext, chunks: TableRef, milvus: MilvusResource,
                     embeddings: EmbeddingsResource) -> dg.MaterializeResult:
             return index(context, chunks, milvus, embeddings, on_ray=False)
 
@@ -167,14 +188,18 @@ def build_retrieval_eval(spec: DatasetSpec, milvus_dependency: dg.AssetKey) -> d
     )
     def retrieval_eval(
         context: dg.AssetExecutionContext,
-        synthesized: pa.Table,
-        chunks: pa.Table,
+        synthesized: TableRef,
+        chunks: TableRef,
         milvus: MilvusResource,
         embeddings: EmbeddingsResource,
     ):
-        known_chunks = set(chunks["chunk_id"].to_pylist())
+        # Synthesis keeps at most `max_records` records; of the chunks only the ids those records name are read.
+        records = synthesized.read(columns=["record_id", "question", "chunk_id", "doc_id"]).to_pylist()
+        asked = sorted({r["chunk_id"] for r in records if r["chunk_id"]})
+        known_chunks = set(chunks.read(columns=["chunk_id"], filter=pds.field("chunk_id").isin(asked))
+                           .column("chunk_id").to_pylist()) if asked else set()
         questions, set_aside = [], {"no_question": 0, "no_chunk_id": 0, "chunk_not_indexed": 0}
-        for row in synthesized.select(["record_id", "question", "chunk_id", "doc_id"]).to_pylist():
+        for row in records:
             if not (row["question"] or "").strip():
                 set_aside["no_question"] += 1
             elif not row["chunk_id"]:

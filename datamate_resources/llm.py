@@ -20,6 +20,12 @@ Why transformers + xgrammar for `local` (measured on this 2-core CI machine, see
   valid, weights loaded in 25-80 s. Fine for the demo corpus; real runs point DATAMATE_LLM_BASE_URL at a
   server (vLLM, Ollama, llama.cpp), or at `python -m datamate_resources.llm_server`.
 
+Accounting: every client counts requests, calls, cache hits, retries, failures, prompt/completion tokens and
+the estimated cost (USD per million tokens from `prices`, by model name, else the resource's default prices).
+A client may carry a budget (`max_tokens`, `max_cost`): once the calls it made reach it, further requests that
+are not in the cache are not sent; they come back with BUDGET_ERROR and `usage.budget_stopped` is set, so the
+stage keeps what it has, says so, and the next materialization resumes from the cache without paying again.
+
 Every call of `generate_structured` is cached in object storage under `_cache/llm/` keyed by
 (model, messages, schema, temperature, max_tokens, cache_key_extra): each answer is written as soon as it
 arrives, so a second materialization makes no call and a killed run resumes where it stopped.
@@ -34,6 +40,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
@@ -41,6 +48,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import dagster as dg
 import openai
+import pyarrow as pa
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
 from langchain_core.messages.utils import convert_to_openai_messages
@@ -48,11 +56,14 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.rate_limiters import InMemoryRateLimiter
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
+from datamate_resources import tables
 from datamate_resources.settings import Settings
 from datamate_resources.storage import ObjectStore
+from datamate_resources.tables import TableRef
 
 PACKAGED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_PREFIX = ("_cache", "llm")
+BUDGET_ERROR = "budget reached"
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 Schema = TypeVar("Schema", bound=BaseModel)
 MessagesLike = Sequence[BaseMessage | tuple[str, str] | dict[str, Any]]
@@ -187,6 +198,7 @@ class LLMUsage:
     output_tokens: int = 0
     call_seconds: float = 0.0
     cost_usd: float = 0.0
+    budget_stopped: int = 0  # requests not sent because the budget was reached
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: float) -> None:
@@ -211,7 +223,16 @@ class LLMUsage:
             f"{prefix}output_tokens": self.output_tokens,
             f"{prefix}output_tokens_per_second": round(self.output_tokens_per_second, 2),
             f"{prefix}cost_usd": round(self.cost_usd, 6),
+            f"{prefix}budget_stopped": self.budget_stopped,
         }
+
+    def as_row(self) -> dict[str, Any]:
+        """The counters as one row of an `llm_usage` table (see USAGE_COLUMNS)."""
+        return {"model": self.model, **{name: getattr(self, name) for name in USAGE_COUNTERS}}
+
+
+USAGE_COUNTERS = ("requests", "calls", "cache_hits", "retries", "invalid_outputs", "failures", "input_tokens",
+                  "output_tokens", "call_seconds", "cost_usd", "budget_stopped")
 
 
 @dataclass
@@ -227,6 +248,11 @@ class StructuredResult(Generic[Schema]):
     @property
     def ok(self) -> bool:
         return self.value is not None
+
+
+class ModelPrice(dg.Config):
+    input_per_million: float = Field(0.0, ge=0)
+    output_per_million: float = Field(0.0, ge=0)
 
 
 # --- resource ---------------------------------------------------------------------------------------------
@@ -245,18 +271,24 @@ class LLMResource(dg.ConfigurableResource):
     max_tokens: int = Field(512, gt=0)
     input_cost_per_million: float = Field(0.0, ge=0, description="USD per million input tokens, for metadata")
     output_cost_per_million: float = Field(0.0, ge=0, description="USD per million output tokens, for metadata")
+    prices: dict[str, ModelPrice] = Field(
+        {}, description="USD per million tokens by model name (overrides the two defaults above for that model)")
 
     _chat: BaseChatModel | None = PrivateAttr(None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LLMResource":
+        # Prices are configuration, not secrets: DATAMATE_LLM_PRICES='{"gpt-4o-mini": {"input_per_million": 0.15,
+        # "output_per_million": 0.6}}'.
+        prices = json.loads(os.environ.get("DATAMATE_LLM_PRICES") or "{}")
         if settings.llm_provider == "local":
-            return cls(provider="local", model=settings.llm_model)
+            return cls(provider="local", model=settings.llm_model, prices=prices)
         if not settings.llm_model:
             raise LLMUnavailableError("DATAMATE_LLM_BASE_URL is set: set DATAMATE_LLM_MODEL too")
         # The key goes by reference so its value never lands in run config or metadata.
         key = dg.EnvVar("DATAMATE_LLM_API_KEY") if os.environ.get("DATAMATE_LLM_API_KEY") else None
-        return cls(provider="openai", base_url=settings.llm_base_url, model=settings.llm_model, api_key=key)
+        return cls(provider="openai", base_url=settings.llm_base_url, model=settings.llm_model, api_key=key,
+                   prices=prices)
 
     @property
     def model_name(self) -> str:
@@ -290,19 +322,34 @@ class LLMResource(dg.ConfigurableResource):
                                              max_bucket_size=max(1.0, self.requests_per_second)),
         )
 
-    def client(self, storage: ObjectStore | None = None, log: logging.Logger | Any | None = None) -> "LLMClient":
-        """A client with fresh usage counters; answers are cached in `storage` when given."""
-        return LLMClient(self, storage, log or logging.getLogger(__name__))
+    def price(self) -> ModelPrice:
+        return self.prices.get(self.model_name) or ModelPrice(input_per_million=self.input_cost_per_million,
+                                                              output_per_million=self.output_cost_per_million)
+
+    def client(self, storage: ObjectStore | None = None, log: logging.Logger | Any | None = None,
+               max_tokens: int | None = None, max_cost: float | None = None) -> "LLMClient":
+        """A client with fresh usage counters; answers are cached in `storage` when given. `max_tokens` and
+        `max_cost` bound what its calls may spend (cache hits are free)."""
+        return LLMClient(self, storage, log or logging.getLogger(__name__), max_tokens, max_cost)
 
 
 class LLMClient:
     """Batch structured generation with cache, bounded concurrency, retries and usage counters."""
 
-    def __init__(self, resource: LLMResource, storage: ObjectStore | None, log: Any):
+    def __init__(self, resource: LLMResource, storage: ObjectStore | None, log: Any,
+                 max_tokens: int | None = None, max_cost: float | None = None):
         self.resource = resource
         self.storage = storage
         self.log = log
         self.usage = LLMUsage(model=resource.model_name)
+        self.max_tokens = max_tokens
+        self.max_cost = max_cost
+
+    def budget_left(self) -> bool:
+        """False once the calls made reach `max_tokens` or `max_cost` (calls already in flight still finish)."""
+        u = self.usage
+        return not ((self.max_tokens is not None and u.input_tokens + u.output_tokens >= self.max_tokens)
+                    or (self.max_cost is not None and u.cost_usd >= self.max_cost))
 
     @property
     def model_name(self) -> str:
@@ -345,6 +392,9 @@ class LLMClient:
         if cached is not None:
             self.usage.add(cache_hits=1)
             return StructuredResult(key, cached, cached=True)
+        if not self.budget_left():
+            self.usage.add(budget_stopped=1)
+            return StructuredResult(key, None, error=BUDGET_ERROR)
         chat = self.resource.chat_model().bind(response_format=_response_format(schema))
         conversation = list(convert_to_messages(messages))
         error = ""
@@ -381,8 +431,8 @@ class LLMClient:
     def _count(self, reply: BaseMessage, seconds: float) -> None:
         usage = getattr(reply, "usage_metadata", None) or {}
         tokens_in, tokens_out = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
-        r = self.resource
-        cost = (tokens_in * r.input_cost_per_million + tokens_out * r.output_cost_per_million) / 1e6
+        price = self.resource.price()
+        cost = (tokens_in * price.input_per_million + tokens_out * price.output_per_million) / 1e6
         self.usage.add(calls=1, input_tokens=tokens_in, output_tokens=tokens_out, call_seconds=seconds,
                        cost_usd=cost)
 
@@ -422,3 +472,24 @@ def _strip_fences(text: str) -> str:
 def _short_errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()[:3])
 
+
+
+# --- usage table ------------------------------------------------------------------------------------------
+USAGE_STAGE = "llm_usage"
+USAGE_SCHEMA = pa.schema([
+    ("stage", pa.string()), ("run_id", pa.string()), ("recorded_at", pa.timestamp("us", tz="UTC")),
+    ("model", pa.string()), ("requests", pa.int64()), ("calls", pa.int64()), ("cache_hits", pa.int64()),
+    ("retries", pa.int64()), ("invalid_outputs", pa.int64()), ("failures", pa.int64()),
+    ("input_tokens", pa.int64()), ("output_tokens", pa.int64()), ("call_seconds", pa.float64()),
+    ("cost_usd", pa.float64()), ("budget_stopped", pa.int64()),
+])
+
+
+def record_usage(storage: ObjectStore, dataset: str, stage: str, run_id: str | None, usage: LLMUsage) -> TableRef:
+    """Append one row (this materialization's LLM usage) to `<dataset>/llm_usage`, the table the dbt reports
+    read. The table has a row per materialization of an LLM stage, so it stays small."""
+    row = {"stage": stage, "run_id": run_id, "recorded_at": datetime.now(UTC), **usage.as_row()}
+    new = pa.Table.from_pylist([row], schema=USAGE_SCHEMA)
+    existing = tables.current(storage, dataset, USAGE_STAGE)
+    data = pa.concat_tables([existing.read().cast(USAGE_SCHEMA), new]) if existing else new
+    return tables.write(storage, dataset, USAGE_STAGE, data, run_id=run_id)

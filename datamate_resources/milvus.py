@@ -11,14 +11,19 @@ Two providers, one code path (pymilvus `MilvusClient`):
 
 BM25 full-text search (for hybrid dense + BM25 retrieval with reciprocal rank fusion) needs Milvus ≥ 2.5 or
 Milvus Lite ≥ 3; older servers (e.g. 2.3) get dense-only collections, said in a log line.
+
+Search hits carry two scores: `score`, the cosine similarity of query and chunk under the dense model, which
+reads the same across queries and modes, and `rank_score`, the one that ordered the hits (the RRF score in
+hybrid mode, BM25 in sparse mode, the cosine in dense mode).
 """
 
 import contextlib
+import itertools
 import json
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,12 +31,27 @@ from typing import Literal
 from urllib.parse import urlparse
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from langchain_core.embeddings import Embeddings
 from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
 from pymilvus.exceptions import MilvusException
 
+from datamate_resources.tables import TableRef
+
 log = logging.getLogger("datamate.milvus")
+
+
+class _MilvusLiteNoise(logging.Filter):
+    """pymilvus' query iterator warns that Milvus Lite sent no mvccTs on every page; its own timestamp is correct."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "mvccTs" not in record.getMessage()
+
+
+for _name in ("pymilvus.client.iterator.query_iterator", "pymilvus.client.iterator.search_iterator"):
+    logging.getLogger(_name).addFilter(_MilvusLiteNoise())
 
 VARCHAR_MAX = 65_535
 DELETE_BATCH = 1_000
@@ -40,7 +60,13 @@ DELETE_BATCH = 1_000
 INDEX_SECONDS_PER_ROW = 0.01
 RRF_K = 60
 LAYOUT_PROPERTY = "datamate.layout"
+SOURCE_VERSION_PROPERTY = "datamate.source_version"  # the version of the chunks table the collection holds
+COLLECTION_PREFIX = "datamate_"
 OUTPUT_FIELDS = ["chunk_id", "doc_id", "text", "source_uri", "position", "headings"]
+SEARCH_MODES = ("hybrid", "dense", "sparse")
+# Metadata a search can filter on, with the Python type of its values.
+FILTER_FIELDS = {"chunk_id": str, "doc_id": str, "source_uri": str, "recipe_hash": str, "position": int}
+MAX_CANDIDATES = 1_000  # per query when grouping by document fetches more than k
 
 
 class MilvusUnavailableError(RuntimeError):
@@ -48,7 +74,46 @@ class MilvusUnavailableError(RuntimeError):
 
 
 def collection_name(dataset: str) -> str:
-    return f"datamate_{dataset}"
+    return f"{COLLECTION_PREFIX}{dataset}"
+
+
+def list_datasets(client: MilvusClient, timeout: float = 30.0) -> list[str]:
+    """The datasets with a knowledge base in this Milvus (their collections, by name)."""
+    names = client.list_collections(timeout=timeout)
+    return sorted(name.removeprefix(COLLECTION_PREFIX) for name in names if name.startswith(COLLECTION_PREFIX))
+
+
+def filter_expression(conditions: dict | None) -> str:
+    """A Milvus boolean expression for `{field: value}` or `{field: [values]}` conditions, all of which must hold.
+
+    Values are written as JSON literals (quoted and escaped strings, plain integers), so a value cannot change
+    the expression. Raises ValueError naming the field for an unknown field or a value of the wrong type.
+    """
+    if not conditions:
+        return ""
+    if not isinstance(conditions, dict):
+        raise ValueError(f"filter must be an object of {{field: value or [values]}}, got {type(conditions).__name__}")
+    clauses = []
+    for name, value in conditions.items():
+        kind = FILTER_FIELDS.get(name)
+        if kind is None:
+            raise ValueError(f"filter field {name!r} is not one of {sorted(FILTER_FIELDS)}")
+        values = value if isinstance(value, list) else [value]
+        if not values or any(type(v) is not kind for v in values):  # type(): bool is not an int here
+            raise ValueError(
+                f"filter field {name!r} takes a {kind.__name__} or a non-empty list of them, got {value!r}"
+            )
+        clauses.append(f"{name} == {json.dumps(values[0])}" if len(values) == 1 else f"{name} in {json.dumps(values)}")
+    return " and ".join(clauses)
+
+
+def title_of(headings: str | None) -> str | None:
+    """The first heading above a chunk (the `headings` field is a JSON list), or None."""
+    try:
+        parsed = json.loads(headings or "[]")
+    except ValueError:
+        return None
+    return parsed[0] if isinstance(parsed, list) and parsed and isinstance(parsed[0], str) else None
 
 
 class MilvusResource(dg.ConfigurableResource):
@@ -98,6 +163,12 @@ class MilvusResource(dg.ConfigurableResource):
                     ) from error
                 time.sleep(1.0)
 
+    def connect_server(self) -> MilvusClient:
+        """A Milvus server client for the caller to keep and close (the retrieval service shares one)."""
+        if self.provider != "server":
+            raise ValueError(f"{self.describe()} is opened per operation (`get_client`), not kept connected")
+        return self._connect_server()
+
     def _connect_server(self) -> MilvusClient:
         try:
             return MilvusClient(uri=self.uri, token=self.token or "", timeout=self.timeout_seconds, dedicated=True)
@@ -108,13 +179,15 @@ class MilvusResource(dg.ConfigurableResource):
             ) from error
 
 
-def build_milvus(settings) -> MilvusResource:
-    """The resource for `datamate_resources.settings.Settings` (token by reference only)."""
+def build_milvus(settings, **options) -> MilvusResource:
+    """The resource for `datamate_resources.settings.Settings` (token by reference only); `options` such as
+    `timeout_seconds` go to the resource."""
     from datamate_resources import optional_env
 
     if settings.milvus_provider == "local":
-        return MilvusResource(provider="local", path=settings.milvus_uri)
-    return MilvusResource(provider="server", uri=settings.milvus_uri, token=optional_env("DATAMATE_MILVUS_TOKEN"))
+        return MilvusResource(provider="local", path=settings.milvus_uri, **options)
+    return MilvusResource(provider="server", uri=settings.milvus_uri, token=optional_env("DATAMATE_MILVUS_TOKEN"),
+                          **options)
 
 
 def supports_bm25(client: MilvusClient) -> bool:
@@ -250,15 +323,19 @@ class KnowledgeBase:
 
     def chunk_ids(self) -> list[str]:
         """Every stored chunk_id (duplicates included, so a caller can check there are none)."""
-        ids: list[str] = []
+        return self.stored_ids().to_pylist()
+
+    def stored_ids(self) -> pa.Array:
+        """Every stored chunk_id as one Arrow string array (ids only: ~64 bytes per chunk, no text)."""
+        parts: list[pa.Array] = []
         with self._milvus("listing chunk ids"):
             iterator = self.client.query_iterator(
                 self.name, batch_size=5_000, filter="", output_fields=["chunk_id"], timeout=self.timeout
             )
             while batch := iterator.next():
-                ids.extend(row["chunk_id"] for row in batch)
+                parts.append(pa.array([row["chunk_id"] for row in batch], pa.string()))
             iterator.close()
-        return ids
+        return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 
     def _create(self, layout: Layout) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -325,12 +402,13 @@ class KnowledgeBase:
     # --- indexing -------------------------------------------------------------------------------------
     def sync(
         self,
-        chunks: pa.Table,
+        chunks: pa.Table | TableRef,
         *,
         index_type: str = "HNSW",
         hybrid: bool = True,
         batch_size: int = 256,
         on_progress: Callable[[int, int], None] | None = None,
+        source_version: str | None = None,
     ) -> SyncReport:
         """Make the collection hold exactly these chunks: embed and upsert new ones, delete stale ones.
 
@@ -339,6 +417,11 @@ class KnowledgeBase:
         `sync` returns (phase `index`). A loaded Milvus Lite collection indexes each segment in a background thread
         of this process when it is flushed instead: that build competed with the model for the CPU and was still
         running when `sync` returned (searches meanwhile scan the segment's vectors without the index).
+
+        `source_version` (the version of the chunks table) is recorded on the collection for `info()`.
+
+        `chunks` may be a Delta table version (`TableRef`): it is then read in batches, so memory holds the chunk
+        ids (for the diff against the stored ids) and one batch of new chunks at a time, never every chunk's text.
         """
         report = SyncReport(chunks=chunks.num_rows)
         self._search_layout = None
@@ -367,13 +450,14 @@ class KnowledgeBase:
         report.seconds["prepare"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        stored = set(self.chunk_ids())
-        rows = chunks.select([c for c in chunks.column_names if c in {*OUTPUT_FIELDS, "recipe_hash"}]).to_pylist()
-        wanted_ids = {row["chunk_id"] for row in rows}
-        new = [row for row in rows if row["chunk_id"] not in stored]
-        stale = sorted(stored - wanted_ids)
-        report.unchanged = len(wanted_ids & stored)
-        bulk = lite and not stored and bool(new)
+        # The diff is a set difference of id arrays (Arrow hash sets); texts are read later, new chunks only.
+        stored = pc.unique(self.stored_ids())
+        wanted_ids = pc.unique(_chunk_ids(chunks))
+        is_new = pc.invert(pc.is_in(wanted_ids, value_set=stored))
+        new_count = pc.sum(is_new).as_py() or 0
+        stale = sorted(pc.filter(stored, pc.invert(pc.is_in(stored, value_set=wanted_ids))).to_pylist())
+        report.unchanged = len(wanted_ids) - new_count
+        bulk = lite and len(stored) == 0 and new_count > 0
         report.seconds["diff"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -387,11 +471,14 @@ class KnowledgeBase:
         if bulk:
             with self._milvus("releasing the collection for a bulk load"):
                 self.client.release_collection(self.name, timeout=self.timeout)
-        report.seconds["embed"], report.seconds["upsert"] = self._embed_and_upsert(new, batch_size, on_progress)
-        report.embedded = len(new)
+        new = _new_chunks(chunks, stored, batch_size)
+        report.seconds["embed"], report.seconds["upsert"] = self._embed_and_upsert(
+            new, new_count, batch_size, on_progress
+        )
+        report.embedded = new_count
 
         started = time.perf_counter()
-        if new or stale:
+        if new_count or stale:
             # Seal what was written: Milvus Lite searches rows still in its MemTable by converting each one to
             # Python on every query (seconds at 10^4-10^5 rows) and indexes only flushed segments; a server
             # searches unsealed (growing) segments without the HNSW/IVF index too.
@@ -401,7 +488,7 @@ class KnowledgeBase:
 
         if bulk:
             started = time.perf_counter()
-            self._load(rows=len(new))  # builds the index of every segment, once, before returning
+            self._load(rows=new_count)  # builds the index of every segment, once, before returning
             report.seconds["index"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -411,10 +498,32 @@ class KnowledgeBase:
             raise RuntimeError(
                 f"{self.where}: collection {self.name} holds {report.vectors} vectors for {len(wanted_ids)} chunks"
             )
+        if source_version is not None:
+            with self._milvus("recording the source version"):
+                self.client.alter_collection_properties(
+                    self.name, {SOURCE_VERSION_PROPERTY: str(source_version)}, timeout=self.timeout
+                )
         return report
 
+    def info(self) -> dict:
+        """What `GET /v1/datasets` shows: chunk count, embedding model, layout and the chunks' source version."""
+        layout = self.layout()
+        return {
+            "chunks": self.count(),
+            "embedding_model": layout.model if layout else None,
+            "dimension": layout.dim if layout else None,
+            "hybrid": layout.hybrid if layout else False,
+            "index_type": layout.index_type if layout else None,
+            "source_version": self.source_version(),
+        }
+
+    def source_version(self) -> str | None:
+        with self._milvus("describing"):
+            properties = self.client.describe_collection(self.name, timeout=self.timeout).get("properties") or {}
+        return properties.get(SOURCE_VERSION_PROPERTY)
+
     def _embed_and_upsert(
-        self, chunks: list[dict], batch_size: int, on_progress: Callable[[int, int], None] | None
+        self, chunks: Iterable[dict], total: int, batch_size: int, on_progress: Callable[[int, int], None] | None
     ) -> tuple[float, float]:
         """Embed batch i+1 while batch i is upserted, so Milvus time hides behind the model's."""
         embed_seconds = upsert_seconds = 0.0
@@ -426,28 +535,24 @@ class KnowledgeBase:
             return time.perf_counter() - began
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = None
-            for start in range(0, len(chunks), batch_size):
-                batch = chunks[start : start + batch_size]
+            pending, done, rows = None, 0, iter(chunks)
+            while batch := list(itertools.islice(rows, batch_size)):
                 began = time.perf_counter()
                 vectors = self.embeddings.embed_documents([c["text"] for c in batch])
                 embed_seconds += time.perf_counter() - began
                 if pending is not None:
                     upsert_seconds += pending.result()
                 pending = pool.submit(upsert, self._rows(batch, vectors))
+                done += len(batch)
                 if on_progress:
-                    on_progress(start + len(batch), len(chunks))
+                    on_progress(done, total)
             if pending is not None:
                 upsert_seconds += pending.result()
         return embed_seconds, upsert_seconds
 
     # --- retrieval ------------------------------------------------------------------------------------
-    def search(self, queries: list[str], k: int = 5) -> list[list[dict]]:
-        """Top-k hits per query (chunk_id, doc_id, text, source_uri, position, headings, score).
-
-        Hybrid collections fuse dense and BM25 rankings with reciprocal rank fusion (score = RRF score);
-        dense-only collections return cosine similarity as score.
-        """
+    def search_layout(self) -> Layout:
+        """The collection's layout, looked up and the collection loaded once per instance (not per query)."""
         if self._search_layout is None:
             layout = self.layout()
             if layout is None:
@@ -456,38 +561,113 @@ class KnowledgeBase:
                 )
             self._load()
             self._search_layout = layout
-        layout = self._search_layout
-        vectors = self.embeddings.embed_documents(queries) if queries else []
-        dense_params = {"metric_type": "COSINE", "params": search_params_for(layout.index_type, k)}
+        return self._search_layout
+
+    def search(
+        self,
+        queries: list[str],
+        k: int = 5,
+        *,
+        mode: str = "hybrid",
+        filter: dict | None = None,
+        per_doc: int | None = None,
+    ) -> list[list[dict]]:
+        """Top-k hits per query: chunk_id, doc_id, text, source_uri, position, headings, title, rank, score
+        (dense cosine), rank_score (what ordered the hits: RRF in hybrid, BM25 in sparse, cosine in dense mode).
+
+        `mode` "hybrid" fuses dense and BM25 rankings with reciprocal rank fusion (a dense-only collection
+        answers it with dense search); `filter` keeps chunks matching `{field: value or [values]}` (see
+        `filter_expression`); `per_doc` keeps at most that many hits per document, so one document does not fill
+        the top k (more candidates are fetched for it).
+        """
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
+        expression = filter_expression(filter)
+        layout = self.search_layout()
+        if not queries:
+            return []
+        if mode == "sparse" and not layout.hybrid:
+            raise ValueError(f"collection {self.name} has no BM25 index (dense only): use mode 'dense' or 'hybrid'")
+        if not layout.hybrid:
+            mode = "dense"
+        limit = k if per_doc is None else min(max(k * 5, k + 20), MAX_CANDIDATES)
+        vectors = self.embeddings.embed_documents(queries)
+        dense_params = {"metric_type": "COSINE", "params": search_params_for(layout.index_type, limit)}
+        # Hybrid and sparse hits bring their dense vector back, for the cosine shown as `score`.
+        fields = OUTPUT_FIELDS if mode == "dense" else [*OUTPUT_FIELDS, "dense"]
         with self._milvus("searching"):
-            if layout.hybrid:
+            if mode == "hybrid":
                 results = [
                     self.client.hybrid_search(
                         self.name,
                         [
-                            AnnSearchRequest([vector], "dense", dense_params, limit=k),
-                            AnnSearchRequest([query], "sparse", {"metric_type": "BM25"}, limit=k),
+                            AnnSearchRequest([vector], "dense", dense_params, limit=limit, expr=expression),
+                            AnnSearchRequest([query], "sparse", {"metric_type": "BM25"}, limit=limit,
+                                             expr=expression),
                         ],
                         RRFRanker(RRF_K),
-                        limit=k,
-                        output_fields=OUTPUT_FIELDS,
+                        limit=limit,
+                        output_fields=fields,
                         timeout=self.timeout,
                     )[0]
                     for query, vector in zip(queries, vectors, strict=True)
                 ]
             else:
                 results = self.client.search(
-                    self.name, data=vectors, anns_field="dense", search_params=dense_params, limit=k,
-                    output_fields=OUTPUT_FIELDS, timeout=self.timeout,
+                    self.name, data=vectors if mode == "dense" else queries,
+                    anns_field=mode, filter=expression, limit=limit, output_fields=fields, timeout=self.timeout,
+                    search_params=dense_params if mode == "dense" else {"metric_type": "BM25"},
                 )
         return [
-            [{**{f: hit["entity"].get(f) for f in OUTPUT_FIELDS}, "score": float(hit["distance"])} for hit in hits]
-            for hits in results
+            self._hits(found, np.asarray(vector, dtype=np.float32), mode, k, per_doc)
+            for found, vector in zip(results, vectors, strict=True)
         ]
+
+    @staticmethod
+    def _hits(found, query_vector: np.ndarray, mode: str, k: int, per_doc: int | None) -> list[dict]:
+        hits, per_document = [], {}
+        for hit in found:
+            entity = hit["entity"]
+            doc_id = entity.get("doc_id")
+            if per_doc is not None:
+                per_document[doc_id] = per_document.get(doc_id, 0) + 1
+                if per_document[doc_id] > per_doc:
+                    continue
+            rank_score = float(hit["distance"])
+            if mode == "sparse":
+                rank_score = abs(rank_score)  # Milvus Lite gives BM25 scores negated, a Milvus server does not
+            if mode == "dense":
+                score = rank_score
+            else:
+                chunk_vector = np.asarray(entity["dense"], dtype=np.float32)
+                norms = float(np.linalg.norm(chunk_vector) * np.linalg.norm(query_vector)) or 1.0
+                score = float(chunk_vector @ query_vector) / norms
+            hits.append({
+                **{f: entity.get(f) for f in OUTPUT_FIELDS}, "title": title_of(entity.get("headings")),
+                "rank": len(hits) + 1, "score": score, "rank_score": rank_score,
+            })
+            if len(hits) == k:
+                break
+        return hits
+
+
+def _chunk_ids(chunks: pa.Table | TableRef) -> pa.Array:
+    """The chunk_id column only (a Delta table reads just that column)."""
+    ids = chunks.select(["chunk_id"]) if isinstance(chunks, pa.Table) else chunks.read(columns=["chunk_id"])
+    return ids.column("chunk_id").combine_chunks()
+
+
+def _new_chunks(chunks: pa.Table | TableRef, stored: pa.Array, batch_size: int) -> Iterator[dict]:
+    """The rows whose chunk_id is not stored yet, in table order, read batch by batch."""
+    columns = [c for c in chunks.schema.names if c in {*OUTPUT_FIELDS, "recipe_hash"}]
+    batches = (chunks.select(columns).to_batches(max_chunksize=batch_size) if isinstance(chunks, pa.Table)
+               else chunks.batches(columns=columns, batch_size=batch_size))
+    for batch in batches:
+        yield from batch.filter(pc.invert(pc.is_in(batch.column("chunk_id"), value_set=stored))).to_pylist()
 
 
 @contextlib.contextmanager
-def open_knowledge_base(dataset: str, settings=None) -> Iterator[KnowledgeBase]:
+def open_knowledge_base(dataset: str, settings=None, embeddings=None) -> Iterator[KnowledgeBase]:
     """The Python search API outside Dagster, configured from the environment like the code location:
 
         with open_knowledge_base("debian_docs") as kb:
@@ -499,7 +679,8 @@ def open_knowledge_base(dataset: str, settings=None) -> Iterator[KnowledgeBase]:
     settings = settings or Settings.from_env()
     # process_config_and_initialize resolves dg.EnvVar secrets the way a Dagster run does.
     milvus = build_milvus(settings).process_config_and_initialize()
-    embeddings = build_embeddings(settings).process_config_and_initialize()
+    # An initialized EmbeddingsResource may be passed in, so repeated opens load the model once.
+    embeddings = embeddings or build_embeddings(settings).process_config_and_initialize()
     with milvus.get_client() as client:
         yield KnowledgeBase(
             client, dataset, embeddings.get_embeddings(), embeddings.model_name,

@@ -2,8 +2,11 @@
 
 How to add an operator
 ----------------------
-1. Write one small class in ``operators/mappers/`` or ``operators/filters/`` (any module there is
-   imported by the registry), subclassing :class:`Mapper`, :class:`Filter` or :class:`Deduplicator`.
+1. Write one small class in ``operators/mappers/``, ``operators/filters/`` or ``operators/selectors/`` (any
+   module there is imported by the registry), subclassing :class:`Mapper`, :class:`Filter`,
+   :class:`Deduplicator` or :class:`Selector` (:class:`RecordMapper` / :class:`RecordFilter` when the
+   operator reads fields other than the text). Operators outside this package register the same way from
+   a module named in a recipe's ``custom_operator_paths`` or in a ``datamate.operators`` entry point.
 2. Declare its parameters as a nested pydantic model named ``Params`` (subclass of
    :class:`OperatorParams`): types, defaults and a one-line ``Field(description=...)`` each.
    Reuse Data-Juicer's operator and parameter names and defaults when the operator exists there.
@@ -33,12 +36,14 @@ The first line of the class docstring is the operator's description in ``datamat
 
 from __future__ import annotations
 
+import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 DEFAULT_TEXT_KEY = "text"
 
@@ -46,10 +51,24 @@ DEFAULT_TEXT_KEY = "text"
 Stats: TypeAlias = dict[str, float | str]
 
 
+_SCIENTIFIC = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 class OperatorParams(BaseModel):
     """Parameters of an operator. Unknown parameters are rejected (typos fail fast)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _yaml_scientific_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML 1.1 (PyYAML) reads `2e5` as a string; Data-Juicer's published recipes use it for numbers
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            annotation = str(cls.model_fields[info.field_name].annotation)
+            if "str" not in annotation and ("int" in annotation or "float" in annotation):
+                number = float(value)
+                return int(number) if number.is_integer() else number
+        return value
 
 
 class Operator:
@@ -89,6 +108,27 @@ class Mapper(Operator, ABC):
         return {**doc, self.text_key: self.process_text(doc[self.text_key])}
 
 
+class RecordMapper(Mapper):
+    """A mapper that sees the whole record (every column) and returns the fields it sets, not only the text.
+
+    The runner writes the returned fields back; a field the table does not have is an error for that record
+    (the table's columns are fixed before data is read).
+    """
+
+    @abstractmethod
+    def process_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The fields to set on this record (a subset of its fields, or all of them)."""
+
+    def process_records(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self.process_record(dict(record)) for record in records]
+
+    def process_text(self, text: str) -> str:
+        return self.process_record({self.text_key: text}).get(self.text_key, text)
+
+    def process(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return {**doc, **self.process_record(dict(doc))}
+
+
 @dataclass(frozen=True)
 class FilterResult:
     keep: bool
@@ -108,15 +148,46 @@ class Filter(Operator, ABC):
     @abstractmethod
     def compute_stats(self, text: str) -> Stats: ...
 
+    def stat_types(self) -> dict[str, type]:
+        """The stats this filter records, by name: ``float`` (numbers) or ``str`` (labels).
+
+        Known before any data is read, so the recipe's ``stats`` column has one fixed schema. Filters
+        override it; the fallback reads the names off the stats of an empty text.
+        """
+        return {name: str if isinstance(value, str) else float for name, value in self.compute_stats("").items()}
+
     @abstractmethod
     def keep(self, stats: Stats) -> tuple[bool, str]:
         """Decide from the stats alone; the reason names the stat, its value and the bound it broke."""
+
+    def bounds(self) -> dict[str, tuple[float | None, float | None]]:
+        """The configured [low, high] of each numeric stat this filter keeps within (drawn on its histogram)."""
+        return {}
 
     def compute_stats_batch(self, texts: Sequence[str]) -> list[Stats]:
         return [self.compute_stats(text) for text in texts]
 
     def check(self, doc: dict[str, Any]) -> FilterResult:
         stats = self.compute_stats(doc[self.text_key])
+        kept, reason = self.keep(stats)
+        return FilterResult(kept, "" if kept else reason, stats)
+
+
+class RecordFilter(Filter):
+    """A filter that decides from fields of the record (e.g. ``meta.suffix``), not only from the text.
+
+    Field names follow Data-Juicer: dots go down nested fields (``meta.key1.key2``); a field stored as a
+    JSON string (the collected table's ``metadata``) is parsed on the way down.
+    """
+
+    @abstractmethod
+    def compute_stats_record(self, record: dict[str, Any]) -> Stats: ...
+
+    def compute_stats(self, text: str) -> Stats:
+        return self.compute_stats_record({self.text_key: text})
+
+    def check(self, doc: dict[str, Any]) -> FilterResult:
+        stats = self.compute_stats_record(doc)
         kept, reason = self.keep(stats)
         return FilterResult(kept, "" if kept else reason, stats)
 
@@ -144,6 +215,36 @@ class Deduplicator(Operator, ABC):
         kept = [doc for i, doc in enumerate(docs) if i not in duplicates]
         dropped = [(docs[i], f"duplicate of document #{j}") for i, j in sorted(duplicates.items())]
         return kept, dropped
+
+
+class Selector(Operator, ABC):
+    """Dataset-level: choose which records to keep from the values of fields across all records.
+
+    Data-Juicer's selectors (top-k, range, frequency, tags, random sample). ``select`` sees the live records
+    (only the fields it asks for in ``fields()``) and returns, for each record it drops, the reason.
+    """
+
+    kind: ClassVar[str] = "selector"
+
+    def fields(self) -> list[str]:
+        """Top-level columns ``select`` needs; empty means none (e.g. a random sample)."""
+        return []
+
+    @abstractmethod
+    def select(self, records: Sequence[dict[str, Any]]) -> dict[int, str]:
+        """Map the position of every dropped record to the reason it was not selected."""
+
+
+def field_value(record: dict[str, Any], key: str) -> Any:
+    """The value at a Data-Juicer field key (``a.b.c``); a missing key raises KeyError naming the key."""
+    value: Any = record
+    for part in key.split("."):
+        if isinstance(value, str) and value[:1] == "{":
+            value = json.loads(value)
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"field {key!r}: no {part!r} in the record")
+        value = value[part]
+    return value
 
 
 def in_range(stat: str, value: float, low: float | None, high: float | None) -> tuple[bool, str]:

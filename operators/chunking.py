@@ -15,7 +15,7 @@ within the document), headings (JSON list), source_uri, recipe_hash.
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -120,12 +120,16 @@ def split_document(text: str, config: ChunkingConfig) -> list[tuple[str, list[st
     ]
 
 
-def chunk_documents(documents: pa.Table | Iterable[dict], config: ChunkingConfig) -> ChunkingResult:
-    """Chunks of every document (rows with `doc_id`, `text` and optionally `source_uri`, `recipe_hash`)."""
-    rows = documents.to_pylist() if isinstance(documents, pa.Table) else list(documents)
+def chunk_documents(documents: pa.Table | pa.RecordBatch | Iterable[dict], config: ChunkingConfig,
+                    first_row: int = 0) -> ChunkingResult:
+    """Chunks of every document (rows with `doc_id`, `text` and optionally `source_uri`, `recipe_hash`).
+
+    `first_row` is the position of the first document in the whole input, so an error names the right row when
+    documents come batch by batch."""
+    rows = documents.to_pylist() if isinstance(documents, pa.Table | pa.RecordBatch) else list(documents)
     result = ChunkingResult(chunks=CHUNK_SCHEMA.empty_table(), documents=len(rows))
     out: list[dict] = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(rows, start=first_row):
         doc_id = row.get("doc_id")
         if not doc_id:
             raise ValueError(f"document row {index} ({row.get('source_uri')}) has no doc_id")
@@ -151,3 +155,31 @@ def chunk_documents(documents: pa.Table | Iterable[dict], config: ChunkingConfig
             result.empty_documents.append(doc_id)
     result.chunks = pa.Table.from_pylist(out, schema=CHUNK_SCHEMA)
     return result
+
+
+@dataclass
+class ChunkingTotals:
+    """What `chunk_batches` did so far, summed over batches; keeps a few example ids, not all of them."""
+
+    documents: int = 0
+    chunks: int = 0
+    empty_documents: int = 0
+    empty_examples: list[str] = field(default_factory=list)
+    duplicate_chunks: int = 0
+    max_examples: int = 20
+
+    def add(self, result: ChunkingResult) -> None:
+        self.documents += result.documents
+        self.chunks += result.chunks.num_rows
+        self.empty_documents += len(result.empty_documents)
+        self.empty_examples += result.empty_documents[: self.max_examples - len(self.empty_examples)]
+        self.duplicate_chunks += result.duplicate_chunks
+
+
+def chunk_batches(batches: Iterable[pa.RecordBatch | pa.Table], config: ChunkingConfig,
+                  totals: ChunkingTotals) -> Iterator[pa.RecordBatch]:
+    """Chunks batch by batch, in `CHUNK_SCHEMA`: memory holds one batch of documents and its chunks at a time."""
+    for batch in batches:
+        result = chunk_documents(batch, config, first_row=totals.documents)
+        totals.add(result)
+        yield from result.chunks.to_batches()

@@ -140,6 +140,18 @@ def _short(text: str) -> str:
     return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
 
 
+def change_example(before: str, after: str) -> dict[str, str]:
+    """Before/after cut around the first change, so the removed e-mail or link is in view."""
+    start = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), min(len(before),
+                                                                                               len(after)))
+    start = max(0, start - EXAMPLE_CHARS // 3)
+
+    def window(text: str) -> str:
+        cut = text[start: start + EXAMPLE_CHARS]
+        return ("…" if start else "") + cut + ("…" if start + EXAMPLE_CHARS < len(text) else "")
+    return {"before": window(before), "after": window(after)}
+
+
 def _error_reason(error: BaseException) -> str:
     return f"error: {type(error).__name__}: {error}"[:500]
 
@@ -280,7 +292,7 @@ def apply_steps(batch: pa.Table, steps: Sequence[tuple[int, Operator]], text_key
                 elif new != texts[i]:
                     stats.changed += 1
                     if len(stats.examples) < EXAMPLES_PER_STEP:
-                        stats.examples.append({"before": _short(texts[i]), "after": _short(new)})
+                        stats.examples.append(change_example(texts[i], new))
                     texts[i] = new
         elif isinstance(op, Mapper):
             outputs = _batch_or_per_record(op.process_batch, op.process_text, current)
@@ -290,7 +302,7 @@ def apply_steps(batch: pa.Table, steps: Sequence[tuple[int, Operator]], text_key
                 elif new != texts[i]:
                     stats.changed += 1
                     if len(stats.examples) < EXAMPLES_PER_STEP:
-                        stats.examples.append({"before": _short(texts[i]), "after": _short(new)})
+                        stats.examples.append(change_example(texts[i], new))
                     texts[i] = new
         elif isinstance(op, Filter):
             if isinstance(op, RecordFilter):
@@ -431,7 +443,7 @@ def apply_dedup_decision(batch: pa.Table, index: int, text_key: str, decision: D
             drop_step[i], reasons[i] = index, decision.drops[row]
             examples.append({"dropped": _short(texts[i]), "reason": decision.drops[row]})
         elif row in decision.rewrites:
-            examples.append({"before": _short(texts[i]), "after": _short(decision.rewrites[row])})
+            examples.append(change_example(texts[i], decision.rewrites[row]))
             texts[i] = decision.rewrites[row]
             stats.changed += 1
     stats.dropped = int((drop_step == index).sum())
@@ -465,6 +477,9 @@ def run_local(recipe: Recipe, table: pa.Table, num_proc: int = 1, log: Callable[
         kept.close()
         drops.close()
         schema = _normalize_text_column(table.slice(0, 0), recipe.text_key).schema
+        if stats_type(recipe.operators) is not None:  # an empty result has the `stats` column too
+            schema = schema.remove(schema.get_field_index(STATS)) if STATS in schema.names else schema
+            schema = schema.append(pa.field(STATS, stats_type(recipe.operators)))
         drop_schema = schema.append(pa.field("operator", pa.string())).append(pa.field("reason", pa.string()))
         kept_table = pq.read_table(kept.path) if kept.rows else schema.empty_table()
         drops_table = pq.read_table(drops.path) if drops.rows else drop_schema.empty_table()
@@ -534,7 +549,7 @@ def _fingerprint_rows(batch: pa.Table, op: Deduplicator, text_key: str, wanted: 
         ROW: live.column(ROW),
         "fp": pa.array([np.asarray(f).tobytes() for f in fps], pa.binary()),
         "error": pa.array(errors, pa.string()),
-        "doc_id": pa.array(document_names(live), pa.string()),
+        "name": pa.array(document_names(live), pa.string()),
     })
 
 
@@ -621,7 +636,7 @@ def run_ray(recipe: Recipe, table: pa.Table, num_blocks: int | None = None,
             ok = np.array([e is None for e in errors], dtype=bool)
             fps = _fps_from_bytes(op, fp_table.column("fp").to_pylist(), ok)
             unique = np.unique(np.stack([first, other], axis=1), axis=0) if first.size else np.zeros((0, 2), int)
-            doc_ids = dict(zip(rows.tolist(), fp_table.column("doc_id").to_pylist(), strict=True))
+            doc_ids = dict(zip(rows.tolist(), fp_table.column("name").to_pylist(), strict=True))
             decision = decide_bucket_dedup(op, fps, rows[ok], unique[:, 0], unique[:, 1], doc_ids, set())
             ds = _collect_reports(ds.map_batches(_ray_apply_decision, fn_args=(index, text_key, decision, failed),
                                                  batch_format="pyarrow"), stats)

@@ -53,7 +53,8 @@ from operators.recipe import (
     stats_type,
 )
 
-DUCKDB_MEMORY = "512MB"
+DUCKDB_MEMORY = "256MB"  # DuckDB spills to disk past this
+PROGRESS_SECONDS = 15.0
 SALT = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -165,7 +166,7 @@ def run_stream(recipe: Recipe, batches: Iterable[pa.RecordBatch | pa.Table], wor
     def alive(table: pa.Table) -> pa.Table:
         return table.filter(pc.equal(table.column(DROP_STEP), ALIVE))
 
-    stream: Iterator[pa.Table] = numbered()
+    stream: Iterator[pa.Table] = _progress(numbered(), "documents read", log)
     try:
         for part in segments(recipe.operators):
             step, op = part[0]
@@ -302,7 +303,7 @@ def _dedup_step(stream, index, op, recipe, workdir, signatures, identity, pool, 
             if live.num_rows:
                 yield live
 
-    return decided()
+    return _progress(decided(), f"documents through step {index} {op.name}", log)
 
 
 def _selector_step(stream, index, op: Selector, text_key, workdir, stats, drop, alive) -> Iterator[pa.Table]:
@@ -329,6 +330,17 @@ def _selector_step(stream, index, op: Selector, text_key, workdir, stats, drop, 
                 yield live
 
     return decided()
+
+
+def _progress(stream: Iterator[pa.Table], what: str, log: Callable[[str], None]) -> Iterator[pa.Table]:
+    """Pass batches through, logging a running count at most every PROGRESS_SECONDS (a long run shows it moves)."""
+    count, next_log = 0, time.monotonic() + PROGRESS_SECONDS
+    for table in stream:
+        count += table.num_rows
+        if time.monotonic() >= next_log:
+            log(f"{count} {what}")
+            next_log = time.monotonic() + PROGRESS_SECONDS
+        yield table
 
 
 def _write_index(workdir: Path, kept_rows: ParquetSink, steps: list[int]) -> None:

@@ -1,64 +1,85 @@
-"""`datamate clean --recipe RECIPE.yaml INPUT OUTPUT`: run a recipe on a JSONL or Parquet file, outside Dagster."""
+"""`datamate clean --config CONFIG.yaml | --recipe RECIPE.yaml IN OUT`: clean a file or folder outside Dagster.
+
+`--config` runs a Data-Juicer config the way `dj-process --config` does: `dataset_path` in, `export_path` out
+(`export_shard_size` honoured), `np` processes, `text_keys`, `executor_type: ray`; `--dataset_path`,
+`--export_path` and `--np` override the file. `--recipe IN OUT` reads only the file's `process:` list.
+"""
 
 import json
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from operators.recipe import Recipe, RecipeError, run_local
-
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("clean", help="Run a cleaning recipe (Data-Juicer style YAML) on a file")
-    parser.add_argument("--recipe", required=True, type=Path, help="YAML with a `process:` list of operators")
-    parser.add_argument("input", type=Path, help=".jsonl or .parquet")
-    parser.add_argument("output", type=Path, help=".jsonl or .parquet (kept records)")
-    parser.add_argument("--text-key", default=None, help="Field holding the text (default: recipe or 'text')")
+    parser = subparsers.add_parser("clean", help="Run a Data-Juicer config or cleaning recipe on a file or folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="Data-Juicer config file (global keys and `process:`)")
+    source.add_argument("--recipe", type=Path, help="YAML with a `process:` list of operators (needs INPUT OUTPUT)")
+    parser.add_argument("input", type=Path, nargs="?", help="with --recipe: .jsonl, .json, .parquet, .csv or .txt")
+    parser.add_argument("output", type=Path, nargs="?", help="with --recipe: .jsonl, .json or .parquet (kept records)")
+    parser.add_argument("--dataset_path", "--dataset-path", type=Path, help="with --config: override dataset_path")
+    parser.add_argument("--export_path", "--export-path", type=Path, help="with --config: override export_path")
+    parser.add_argument("--np", type=int, help="with --config: override np (worker processes)")
+    parser.add_argument("--text-key", default=None, help="Field holding the text (default: the file's or 'text')")
     parser.add_argument("--stats", type=Path, default=None, help="Write per-operator stats as JSON here")
     parser.add_argument("--drops", type=Path, default=None, help="Write dropped records with reasons here")
-    parser.add_argument("--num-proc", type=int, default=1, help="Worker processes for mappers and filters")
+    parser.add_argument("--num-proc", type=int, default=None, help="Worker processes for mappers and filters")
     parser.set_defaults(func=run)
 
 
-def read_records(path: Path) -> pa.Table:
-    if path.suffix == ".parquet":
-        return pq.read_table(path)
-    if path.suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise RecipeError(f"{path}:{number}: not a JSON object: {error}") from error
-        return pa.Table.from_pylist(rows)
-    raise RecipeError(f"{path}: unsupported format {path.suffix!r} (use .jsonl or .parquet)")
+def log(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
-def write_records(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        pq.write_table(table, path)
-        return
-    with path.open("w", encoding="utf-8") as out:
-        for row in table.to_pylist():
-            out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+def _run_recipe(recipe, table, executor: str, num_proc: int, ray_address: str | None):
+    from operators.recipe import run_local, run_ray
+
+    if executor != "ray":
+        return run_local(recipe, table, num_proc=num_proc)
+    import ray
+
+    ray.init(address=ray_address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    try:
+        return run_ray(recipe, table)
+    finally:
+        ray.shutdown()
 
 
 def run(args) -> int:
+    from operators.dj_config import DJConfig, export_dataset, load_config, read_dataset
+    from operators.recipe import Recipe, RecipeError
+
     try:
-        recipe = Recipe.load(args.recipe, text_key=args.text_key)  # fails fast, before reading the input
-        table = read_records(args.input)
-        result = run_local(recipe, table, num_proc=args.num_proc)
+        if args.config:
+            if args.input or args.output:
+                raise RecipeError("--config takes no INPUT OUTPUT; use --dataset_path / --export_path")
+            config: DJConfig = load_config(args.config, {
+                "dataset_path": args.dataset_path, "export_path": args.export_path, "np": args.np,
+                "text_keys": args.text_key})
+            for key, instead in config.ignored.items():
+                log(f"{args.config}: `{key}` is ignored here: {instead}")
+            if config.dataset_path is None or config.export_path is None:
+                raise RecipeError(f"{args.config}: needs dataset_path and export_path (in the file or as options)")
+            recipe, source, target = config.recipe, config.dataset_path, config.export_path
+            num_proc, executor = args.num_proc or config.np, config.executor
+        else:
+            if not (args.input and args.output):
+                raise RecipeError("--recipe needs INPUT and OUTPUT")
+            recipe = Recipe.load(args.recipe, text_key=args.text_key)  # fails fast, before reading the input
+            source, target, num_proc, executor = args.input, args.output, args.num_proc or 1, "local"
+            config = None
+        table = read_dataset(source, config.suffixes if config else None)
+        result = _run_recipe(recipe, table, executor, num_proc, config.ray_address if config else None)
+        if config:
+            files = export_dataset(result.kept, target, config.export_shard_size,
+                                   keep_stats=config.keep_stats_in_res_ds)
+        else:
+            files = export_dataset(result.kept, target, keep_stats=True)
+        if args.drops:
+            export_dataset(result.drops, args.drops, keep_stats=True)
     except (RecipeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    write_records(result.kept, args.output)
-    if args.drops:
-        write_records(result.drops, args.drops)
     if args.stats:
         args.stats.write_text(json.dumps({"recipe_hash": result.recipe_hash, "input": table.num_rows,
                                           "kept": result.kept.num_rows, "operators": result.stats_json()}, indent=2))
@@ -67,5 +88,6 @@ def run(args) -> int:
     for s in result.stats:
         print(f"{s.operator:<{width}}  {s.docs_in:>8} {s.docs_out:>8} {s.changed:>8} {s.dropped:>8} "
               f"{s.errors:>6} {s.seconds:>7.2f}")
-    print(f"kept {result.kept.num_rows} of {table.num_rows} records -> {args.output} (recipe {result.recipe_hash})")
+    shown = target if len(files) == 1 or files[0] == target else f"{len(files)} files next to {target}"
+    print(f"kept {result.kept.num_rows} of {table.num_rows} records -> {shown} (recipe {result.recipe_hash})")
     return 0

@@ -4,15 +4,20 @@ Runs in this process on the Dagster instance in $DAGSTER_HOME, so the runs and m
 web UI afterwards (`make dev`), and Milvus Lite is opened by one process only.
 """
 
+from __future__ import annotations
+
 import json
-import os
+import sys
 import time
-from pathlib import Path
+import warnings
+from typing import TYPE_CHECKING
 
-import dagster as dg
-import pyarrow as pa
+from datamate_assets.cli.project import ProjectNotFoundError, ensure_dagster_home, find_project
 
-REPO = Path(__file__).resolve().parents[2]
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from datamate_resources.tables import TableRef
 
 
 def register(subparsers) -> None:
@@ -23,26 +28,24 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def ensure_dagster_home(datamate_home: Path) -> Path:
-    """Use $DAGSTER_HOME, or a local one whose dagster.yaml is the repository's embedded default."""
-    if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"])
-    home = datamate_home / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.symlink_to(REPO / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
-
-
 def run(args) -> int:
-    from datamate_assets.definitions import build_definitions
-    from datamate_resources import open_storage
-    from datamate_resources.settings import Settings
+    try:
+        project = find_project()
+        settings = project.activate()
+    except (ProjectNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    dagster_home = ensure_dagster_home(project)
 
-    settings = Settings.from_env()
-    dagster_home = ensure_dagster_home(settings.home)
+    import dagster as dg
+
+    # why: Dagster's notes on its own beta/preview APIs (components) are for us, not for the user of this command.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+    from datamate_assets.definitions import build_definitions
+    from datamate_resources import open_storage, tables
+
     defs = build_definitions(settings)
     job = defs.resolve_job_def(f"{args.dataset}_pipeline")
     print(f"Running {job.name} with embedded defaults (DAGSTER_HOME={dagster_home}) …", flush=True)
@@ -52,6 +55,8 @@ def run(args) -> int:
             instance=instance, raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
+        if result.success:
+            materialize_reporting(defs, instance)
     elapsed = time.monotonic() - started
     if not result.success:
         for event in result.all_events:
@@ -64,14 +69,37 @@ def run(args) -> int:
     for key, metadata in _materialized(result):
         # The IO manager recorded row count and URI; no need to read the tables again.
         rows = metadata.get("dagster/row_count")
-        where = metadata.get("uri")
+        where = metadata.get("dagster/uri")
         count = f"{rows.value:>6} rows" if rows is not None else "  (not a table)"
         print(f"  {key.to_user_string():<40} {count}  {where.value if where is not None else ''}")
-    show_synthesized(storage.read_table(args.dataset, "synthesized.parquet"))
-    show_evaluation(storage.read_table(args.dataset, "evaluation.parquet"))
+    show_synthesized(tables.current(storage, args.dataset, "synthesized"))
+    show_new_kinds(tables.current(storage, args.dataset, "synthesized"))
+    show_llm_tokens(_materialized(result))
+    show_evaluation(tables.current(storage, args.dataset, "evaluation"))
     show_search(args.dataset, args.question, settings)
     print("\nOpen the web UI with `make dev` (http://127.0.0.1:3000) to see the asset graph and these runs.")
     return 0
+
+
+def materialize_reporting(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    """The dbt models over the stage outputs too, so the daemon (`make dev`) finds no asset missing and starts no
+    run on the demo's unchanged data. Not fatal: the pipeline's outputs stand without them."""
+    import dagster as dg
+
+    from datamate_assets.reporting import REPORTING_GROUP
+
+    repository = defs.get_repository_def()
+    keys = list(dg.AssetSelection.groups(REPORTING_GROUP).resolve(repository.asset_graph))
+    if not keys:
+        return
+    result = repository.get_implicit_job_def_for_assets(keys).execute_in_process(
+        instance=instance, asset_selection=keys, raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    if not result.success:
+        failed = [e.step_key for e in result.all_events if e.is_step_failure]
+        print(f"warning: the dbt models ({REPORTING_GROUP}) did not materialize ({', '.join(failed)}); the daemon "
+              f"will retry them when `make dev` starts")
 
 
 def _materialized(result: dg.ExecuteInProcessResult) -> list[tuple[dg.AssetKey, dict]]:
@@ -79,18 +107,60 @@ def _materialized(result: dg.ExecuteInProcessResult) -> list[tuple[dg.AssetKey, 
     return sorted(events.items(), key=lambda item: item[0].to_user_string())
 
 
-def show_synthesized(table: pa.Table | None, rows: int = 3) -> None:
-    if table is None or table.num_rows == 0:
+def show_synthesized(ref: TableRef | None, rows: int = 3) -> None:
+    total = ref.num_rows if ref is not None else 0
+    if total == 0:
         return
-    print(f"\nSynthesized training data ({table.num_rows} records), first {rows}:")
-    for record in table.slice(0, rows).to_pylist():
+    print(f"\nSynthesized training data ({total} records), first {rows}:")
+    for record in ref.head(rows, columns=["kind", "question", "answer"]).to_pylist():
         print(f"  [{record.get('kind')}] Q: {record.get('question')}\n        A: {record.get('answer')}")
 
 
-def show_evaluation(table: pa.Table | None) -> None:
-    """Judge results per dimension: the share of records judged Y, and the mean 1-5 score."""
-    if table is None or table.num_rows == 0:
+NEW_KINDS = ("evol_instruct", "self_instruct", "multi_turn", "preference")
+
+
+def show_new_kinds(ref: TableRef | None) -> None:
+    """One record of each richer synthesis kind the dataset makes (issue #18)."""
+    if ref is None or "conversation" not in ref.schema.names:
         return
+    shown = set()
+    for batch in ref.batches(columns=["kind", "question", "answer", "conversation", "rejected", "chosen_rating",
+                                      "rejected_rating"]):
+        for record in batch.to_pylist():
+            kind = record["kind"]
+            if kind not in NEW_KINDS or kind in shown:
+                continue
+            shown.add(kind)
+            print(f"\n  [{kind}] Q: {record['question']}\n        A: {record['answer']}")
+            if record["conversation"]:
+                print(f"        ({len(json.loads(record['conversation'])) // 2} turns)")
+            if record["rejected"]:
+                print(f"        rejected: {record['rejected']} (ratings {record['chosen_rating']} > "
+                      f"{record['rejected_rating']})")
+        if len(shown) == len(NEW_KINDS):
+            break
+
+
+def show_llm_tokens(materialized: list[tuple[dg.AssetKey, dict]]) -> None:
+    """The run's LLM tokens and estimated cost, from each stage's metadata (cache hits cost nothing)."""
+    tokens = cost = calls = hits = 0
+    for _, metadata in materialized:
+        for prefix in ("llm_", "judge_llm_"):
+            if f"{prefix}input_tokens" in metadata:
+                tokens += metadata[f"{prefix}input_tokens"].value + metadata[f"{prefix}output_tokens"].value
+                cost += metadata[f"{prefix}cost_usd"].value
+                calls += metadata[f"{prefix}calls"].value
+                hits += metadata[f"{prefix}cache_hits"].value
+    print(f"\nLLM this run: {tokens} tokens in {calls} calls ({hits} answers from the cache), "
+          f"estimated cost {cost:.4f} USD")
+
+
+def show_evaluation(ref: TableRef | None) -> None:
+    """Judge results per dimension: the share of records judged Y, and the mean 1-5 score."""
+    if ref is None or ref.num_rows == 0:
+        return
+    # The judged records (at most the spec's `max_judged`), the columns shown only.
+    table = ref.read(columns=["judge_model", "score", "passed", "verdicts", "error"])
     records = [r for r in table.to_pylist() if not r.get("error")]
     verdicts: dict[str, list[bool]] = {}
     for record in records:

@@ -1,10 +1,14 @@
-"""`datamate ops list [--json] [--kind KIND]`: the operator catalogue (name, kind, parameters)."""
+"""`datamate ops list [--json] [--kind KIND]`: the operator catalogue (name, kind, parameters).
+
+Operators from installed packages (entry-point group `datamate.operators`) are listed with their module;
+Data-Juicer's text operators that do not run here yet are listed last, with the reason.
+"""
 
 import json
+import sys
 
-from operators.registry import catalogue
-
-KINDS = ("mapper", "filter", "deduplicator")
+KINDS = ("mapper", "filter", "deduplicator", "selector")
+BUILTIN_PREFIX = "operators."
 
 
 def register(subparsers) -> None:
@@ -16,16 +20,32 @@ def register(subparsers) -> None:
     list_parser.set_defaults(func=run_list)
 
 
+def shown_default(default) -> str:
+    """Data-Juicer's "no limit" defaults (sys.maxsize, -sys.maxsize, as int or float) in words."""
+    if isinstance(default, int | float) and not isinstance(default, bool) and abs(default) == sys.maxsize:
+        return "no limit"
+    return repr(default)
+
+
 def run_list(args) -> int:
+    from operators.registry import catalogue, not_supported
+
     entries = [entry for entry in catalogue() if args.kind in (None, entry["kind"])]
+    missing = not_supported() if args.kind is None else {}
     if args.json:
-        print(json.dumps(entries, indent=2, default=str))
+        unsupported = [{"name": name, "supported": False, "reason": reason} for name, reason in missing.items()]
+        print(json.dumps(entries + unsupported, indent=2, default=str))
         return 0
     for entry in entries:
-        print(f"{entry['name']}  [{entry['kind']}]  {entry['description']}")
+        origin = "" if entry["module"].startswith(BUILTIN_PREFIX) else f"  (from {entry['module']})"
+        print(f"{entry['name']}  [{entry['kind']}]  {entry['description']}{origin}")
         for param in entry["params"]:
-            default = "required" if param["required"] else f"default {param['default']!r}"
+            default = "required" if param["required"] else f"default {shown_default(param['default'])}"
             print(f"    {param['name']}: {param['type']} ({default}) - {param['description']}")
     counts = ", ".join(f"{sum(e['kind'] == kind for e in entries)} {kind}s" for kind in KINDS)
     print(f"\n{len(entries)} operators: {counts}")
+    if missing:
+        print(f"\nData-Juicer text operators not supported yet ({len(missing)}):")
+        for name, reason in missing.items():
+            print(f"  {name}: {reason}")
     return 0

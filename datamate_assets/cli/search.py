@@ -1,16 +1,20 @@
 """`datamate search`: ask a dataset's knowledge base from the shell.
 
-    datamate search "How do I pin a package?" --dataset debian_docs [--k 5] [--json]
+    datamate search "How do I pin a package?" --dataset debian_docs [--k 5] [--per-doc 1] [--mode dense] [--json]
     datamate search --dataset debian_docs --queries questions.jsonl [--k 5]   # one {"q": ...} per line
 
 With --queries (or --json) each query gives one JSON line: {"q": ..., "hits": [{chunk_id, doc_id, text,
-source_uri, score}, ...]}. Uses the same Milvus and embeddings as the code location (DATAMATE_* variables);
-with Milvus Lite the command waits while a run holds the database (one process at a time).
+source_uri, score}, ...]}. `score` is the cosine similarity of question and chunk (comparable across questions),
+printed next to the score that ranked the hits (RRF in hybrid mode). Uses the same Milvus and embeddings as the
+code location (DATAMATE_* variables); with Milvus Lite the command waits while a run holds the database (one
+process at a time). For other processes and applications, `datamate serve` (docs/serving.md).
 """
 
 import json
 import sys
 from pathlib import Path
+
+from datamate_assets.cli.project import ProjectNotFoundError, find_project
 
 HIT_FIELDS = ["chunk_id", "doc_id", "text", "source_uri", "score"]
 
@@ -22,6 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--k", type=int, default=5, help="Hits per question (default 5)")
     parser.add_argument("--json", action="store_true", help="One JSON line per question")
     parser.add_argument("--queries", type=Path, help="JSONL file, one query per line in a `q` field")
+    parser.add_argument("--mode", choices=["hybrid", "dense", "sparse"], default="hybrid",
+                        help="hybrid (dense + BM25, default), dense or sparse (BM25)")
+    parser.add_argument("--per-doc", type=int, default=None, help="At most this many hits per document")
     parser.set_defaults(func=run)
 
 
@@ -41,25 +48,40 @@ def read_queries(path: Path) -> list[str]:
 
 
 def run(args) -> int:
-    from datamate_resources.milvus import MilvusUnavailableError, open_knowledge_base
-
     if bool(args.question) == bool(args.queries):
         print("error: give either a QUESTION or --queries FILE.jsonl", file=sys.stderr)
         return 2
+    queries_file = args.queries.resolve() if args.queries else None  # before the project's root becomes the cwd
     try:
-        queries = read_queries(args.queries) if args.queries else [args.question]
-        with open_knowledge_base(args.dataset) as knowledge_base:
-            results = knowledge_base.search(queries, k=args.k)
+        settings = find_project().activate()
+    except (ProjectNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if settings.milvus_provider == "local" and not Path(settings.milvus_uri).exists():
+        # Opening Milvus Lite would create an empty database (and its folder) where none should be.
+        print(f"error: no knowledge base at {settings.milvus_uri} (DATAMATE_MILVUS_URI, or the project state "
+              f"{settings.home}): materialize it first with `datamate run {args.dataset} --stages indexed`",
+              file=sys.stderr)
+        return 1
+
+    from datamate_resources.milvus import MilvusUnavailableError, open_knowledge_base
+
+    try:
+        queries = read_queries(queries_file) if queries_file else [args.question]
+        with open_knowledge_base(args.dataset, settings) as knowledge_base:
+            results = knowledge_base.search(queries, k=args.k, mode=args.mode, per_doc=args.per_doc)
     except (ValueError, OSError, LookupError, MilvusUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for query, hits in zip(queries, results, strict=True):
-        hits = [{field: hit[field] for field in HIT_FIELDS} for hit in hits]
         if args.json or args.queries:
+            hits = [{field: hit[field] for field in HIT_FIELDS} for hit in hits]
             print(json.dumps({"q": query, "hits": hits}, ensure_ascii=False))
             continue
         print(f"Q: {query}")
-        for rank, hit in enumerate(hits, start=1):
+        for hit in hits:
             text = " ".join(hit["text"].split())
-            print(f"{rank}. [{hit['score']:.4f}] {hit['source_uri']}  ({hit['chunk_id'][:12]})\n   {text[:300]}")
+            title = f" — {hit['title']}" if hit["title"] else ""
+            print(f"{hit['rank']}. [cosine {hit['score']:.3f} | {args.mode} {hit['rank_score']:.4f}] "
+                  f"{hit['source_uri']}{title}  ({hit['chunk_id'][:12]})\n   {text[:300]}")
     return 0

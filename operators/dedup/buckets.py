@@ -6,8 +6,6 @@ from abc import abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse import csgraph
 
 from operators.base import Deduplicator
 
@@ -70,10 +68,12 @@ def duplicate_map(first: np.ndarray, other: np.ndarray, protected: set[int] | No
     """
     if first.size == 0:
         return {}
+    from scipy.sparse import coo_matrix, csgraph  # why here: scipy takes seconds to import (`datamate ops list`)
+
     ids, dense = np.unique(np.concatenate([first, other]), return_inverse=True)
     n = ids.size
-    graph = sparse.coo_matrix((np.ones(first.size, dtype=np.int8), (dense[: first.size], dense[first.size:])),
-                              shape=(n, n))
+    graph = coo_matrix((np.ones(first.size, dtype=np.int8), (dense[: first.size], dense[first.size:])),
+                       shape=(n, n))
     _, labels = csgraph.connected_components(graph, directed=False)
     smallest = np.full(labels.max() + 1, n, dtype=np.int64)
     np.minimum.at(smallest, labels, np.arange(n))  # ids are sorted: smallest dense index = smallest row

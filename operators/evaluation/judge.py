@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 class JudgeDimension(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     description: str = Field(min_length=1)
+    rubric: dict[int, str] | None = None  # graded on this scale (Prometheus-style) instead of Y/N
 
 
 class DimensionVerdict(BaseModel):
@@ -111,3 +112,96 @@ def pass_rates(verdicts: Sequence[dict]) -> dict[str, float]:
         counts[0] += row["verdict"] == "Y"
         counts[1] += 1
     return {dimension: passed / total for dimension, (passed, total) in totals.items()}
+
+
+# --- rubric grading (Prometheus-style absolute grading: feedback first, then a score the rubric defines) ---
+DEFAULT_RUBRICS: dict[str, dict[int, str]] = {
+    "en": {
+        1: "Wrong, off-topic or unsupported by the passage.",
+        2: "Partly relevant but mostly wrong or missing the point.",
+        3: "Relevant and partly correct, with gaps or errors.",
+        4: "Correct and supported by the passage, with minor omissions.",
+        5: "Complete, correct, supported by the passage and clearly written.",
+    },
+    "zh": {
+        1: "错误、离题或文本不支持。",
+        2: "部分相关，但大多错误或没抓住要点。",
+        3: "相关且部分正确，有遗漏或错误。",
+        4: "正确且有文本支持，略有遗漏。",
+        5: "完整、正确、有文本支持且表达清楚。",
+    },
+}
+RUBRIC_TEMPLATES = {
+    "en": (
+        "You are a fair evaluator. Grade the response to the instruction strictly by the score rubric. First "
+        "write short feedback on the response's quality against the rubric, then give an integer score from the "
+        "rubric.\n\n{source}Instruction:\n{question}\n\nResponse to evaluate:\n{answer}\n\nScore rubric:\n{rubric}"
+    ),
+    "zh": (
+        "你是公正的评审。严格按照评分标准给回复打分。先针对评分标准写简短的反馈，再给出评分标准中的整数分。\n\n"
+        "{source}指令：\n{question}\n\n待评回复：\n{answer}\n\n评分标准：\n{rubric}"
+    ),
+}
+
+
+def check_rubric(rubric: dict[int, str]) -> dict[int, str]:
+    """A rubric maps consecutive integer scores (at least two) to what each means."""
+    scores = sorted(rubric)
+    if len(scores) < 2 or scores != list(range(scores[0], scores[-1] + 1)):
+        raise ValueError(f"a rubric needs at least two consecutive integer scores, got {scores}")
+    return rubric
+
+
+def grade_schema(rubric: dict[int, str]) -> type[BaseModel]:
+    scores = sorted(check_rubric(rubric))
+    return create_model(
+        "RubricGrade",
+        feedback=(str, Field(max_length=200, description="Short feedback against the rubric")),
+        score=(int, Field(ge=scores[0], le=scores[-1], description="The rubric's score for the response")),
+    )
+
+
+def render_rubric_prompt(language: str, rubric: dict[int, str], record: dict, source: str | None = None,
+                         criterion: str | None = None) -> str:
+    template = RUBRIC_TEMPLATES[language]
+    listed = "\n".join(f"{score}: {meaning}" for score, meaning in sorted(rubric.items()))
+    if criterion:
+        listed = f"{criterion}\n{listed}"
+    label = "Source passage" if language == "en" else "原文"
+    return PromptTemplate.from_template(template).format(
+        source=f"{label}:\n{source}\n\n" if source else "", question=record["question"], answer=record["answer"],
+        rubric=listed,
+    )
+
+
+# --- pairwise comparison (A/B, asked in both orders to cancel position bias) -------------------------------
+class PairwiseVerdict(BaseModel):
+    reason: str = Field(max_length=150, description="One short sentence comparing the two responses")
+    winner: Literal["A", "B", "tie"] = Field(description="The better response, or tie")
+
+
+PAIRWISE_TEMPLATES = {
+    "en": (
+        "You are a fair evaluator. Compare two responses to the instruction and say which one is better (more "
+        "correct, complete and helpful), or tie. Do not let their order or length sway you.\n\n{source}"
+        "Instruction:\n{question}\n\nResponse A:\n{first}\n\nResponse B:\n{second}"
+    ),
+    "zh": (
+        "你是公正的评审。比较指令的两个回复，判断哪个更好（更正确、完整、有帮助），或平局。不要受顺序或长度影响。\n\n{source}"
+        "指令：\n{question}\n\n回复 A：\n{first}\n\n回复 B：\n{second}"
+    ),
+}
+
+
+def render_pairwise_prompt(language: str, question: str, first: str, second: str, source: str | None = None) -> str:
+    label = "Source passage" if language == "en" else "原文"
+    return PromptTemplate.from_template(PAIRWISE_TEMPLATES[language]).format(
+        source=f"{label}:\n{source}\n\n" if source else "", question=question, first=first, second=second)
+
+
+def pairwise_outcome(original: str, swapped: str) -> str:
+    """The comparison of X and Y from the verdicts on (A=X, B=Y) and (A=Y, B=X): "first" (X wins both ways),
+    "second", "tie", or "inconsistent" when the verdict followed the position (position bias)."""
+    as_asked = {"A": "first", "B": "second", "tie": "tie"}[original]
+    as_swapped = {"A": "second", "B": "first", "tie": "tie"}[swapped]
+    return as_asked if as_asked == as_swapped else "inconsistent"

@@ -84,6 +84,12 @@ class LanguageIDScoreFilter(Filter):
         results = detector.compute_language_confidence_values_in_parallel([t.replace("\n", " ") for t in texts])
         return [self._stats(confidences) for confidences in results]
 
+    def stat_types(self) -> dict[str, type]:
+        return {"lang": str, "lang_score": float}
+
+    def bounds(self) -> dict[str, tuple[float | None, float | None]]:
+        return {"lang_score": (self.params.min_score, None)}
+
     def keep(self, stats: Stats) -> tuple[bool, str]:
         if self._wanted and stats["lang"] not in self._wanted:
             return False, f"lang {stats['lang']} not in {sorted(self._wanted)}"

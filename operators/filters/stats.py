@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from operators.base import Filter, OperatorParams, Stats, in_range
 from operators.filters.words import SPECIAL_CHARACTERS, refined_words, stopwords
+from operators.models import find_model, sentencepiece_file
 from operators.registry import register
 
 
@@ -25,6 +26,12 @@ class _RangeFilter(Filter):
     low_field: ClassVar[str] = "min_ratio"
     high_field: ClassVar[str] = "max_ratio"
 
+    def stat_types(self) -> dict[str, type]:
+        return {self.stat: float}
+
+    def bounds(self) -> dict[str, tuple[float | None, float | None]]:
+        return {self.stat: (getattr(self.params, self.low_field), getattr(self.params, self.high_field))}
+
     def keep(self, stats: Stats) -> tuple[bool, str]:
         return in_range(
             self.stat, stats[self.stat], getattr(self.params, self.low_field), getattr(self.params, self.high_field)
@@ -33,14 +40,21 @@ class _RangeFilter(Filter):
 
 class _WordParams(OperatorParams):
     lang: str = Field("en", description="Language of the text (ISO 639-1).")
-    tokenization: bool = Field(False, description="Only False is supported: words are split on white space.")
+    tokenization: bool = Field(
+        False, description="Split words with the SentencePiece model `{lang}.sp.model` (see DATAMATE_MODELS_DIR)."
+    )
 
-    @field_validator("tokenization")
-    @classmethod
-    def _no_tokenizer(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("tokenization needs a downloaded sentencepiece model; use tokenization: false")
-        return value
+
+class _WordFilter(_RangeFilter):
+    """A range filter over words: split on white space, or by a SentencePiece model with ``tokenization``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        tokenization = getattr(self.params, "tokenization", False)
+        self.tokenizer = find_model(self.name, sentencepiece_file(self.params.lang)) if tokenization else None
+
+    def words(self, text: str, lower_case: bool = False) -> list[str]:
+        return refined_words(text, lower_case=lower_case, tokenizer=self.tokenizer)
 
 
 @register("text_length_filter")
@@ -58,7 +72,7 @@ class TextLengthFilter(_RangeFilter):
 
 
 @register("words_num_filter")
-class WordsNumFilter(_RangeFilter):
+class WordsNumFilter(_WordFilter):
     """Keep texts whose number of words (split on white space, punctuation stripped) is within [min_num, max_num]."""
 
     stat, low_field, high_field = "num_words", "min_num", "max_num"
@@ -68,7 +82,7 @@ class WordsNumFilter(_RangeFilter):
         max_num: int = Field(sys.maxsize, description="Most words to keep a text.")
 
     def compute_stats(self, text: str) -> Stats:
-        return {"num_words": len(refined_words(text))}
+        return {"num_words": len(self.words(text))}
 
 
 @register("average_line_length_filter")
@@ -106,9 +120,17 @@ class AlphanumericFilter(_RangeFilter):
 
     stat = "alnum_ratio"
 
-    class Params(_WordParams):
+    class Params(OperatorParams):
+        tokenization: bool = Field(False, description="Only False: Data-Juicer's True counts Hugging Face tokens.")
         min_ratio: float = Field(0.25, description="Smallest alphanumeric share to keep a text.")
         max_ratio: float = Field(float(sys.maxsize), description="Largest alphanumeric share to keep a text.")
+
+        @field_validator("tokenization")
+        @classmethod
+        def _no_hf_tokenizer(cls, value: bool) -> bool:
+            if value:
+                raise ValueError("tokenization: true needs a Hugging Face tokenizer download; use tokenization: false")
+            return value
 
     def compute_stats(self, text: str) -> Stats:
         return {"alnum_ratio": sum(c.isalnum() for c in text) / len(text) if text else 0.0}
@@ -150,7 +172,7 @@ class CharacterRepetitionFilter(_RangeFilter):
 
 
 @register("word_repetition_filter")
-class WordRepetitionFilter(_RangeFilter):
+class WordRepetitionFilter(_WordFilter):
     """Keep texts whose word n-gram repetition ratio (n-grams occurring more than once / all) is within range."""
 
     stat = "word_rep_ratio"
@@ -161,7 +183,7 @@ class WordRepetitionFilter(_RangeFilter):
         max_ratio: float = Field(0.5, description="Largest repetition ratio to keep a text.")
 
     def compute_stats(self, text: str) -> Stats:
-        words, n = refined_words(text, lower_case=True), self.params.rep_len
+        words, n = self.words(text, lower_case=True), self.params.rep_len
         counts = Counter(" ".join(words[i:i + n]) for i in range(len(words) - n + 1)).values()
         total = sum(counts)
         return {"word_rep_ratio": sum(c for c in counts if c > 1) / total if total else 0.0}
@@ -184,7 +206,7 @@ def _augmented(words: list[str], params: _WordListParams) -> list[str]:
 
 
 @register("stopwords_filter")
-class StopWordsFilter(_RangeFilter):
+class StopWordsFilter(_WordFilter):
     """Keep texts whose share of stop words (stopwords-iso list of `lang`) is within [min_ratio, max_ratio]."""
 
     stat = "stopwords_ratio"
@@ -200,7 +222,7 @@ class StopWordsFilter(_RangeFilter):
             return lang
 
     def compute_stats(self, text: str) -> Stats:
-        words = _augmented(refined_words(text, lower_case=True), self.params)
+        words = _augmented(self.words(text, lower_case=True), self.params)
         words_of_lang = stopwords(self.params.lang)
         ratio = sum(word in words_of_lang for word in words) / len(words) if words else 0.0
         return {"stopwords_ratio": min(ratio, 1.0)}
@@ -214,7 +236,7 @@ def flagged_words() -> frozenset[str]:
 
 
 @register("flagged_words_filter")
-class FlaggedWordFilter(_RangeFilter):
+class FlaggedWordFilter(_WordFilter):
     """Keep texts whose share of flagged (obscene, offensive) words is within [min_ratio, max_ratio]."""
 
     stat = "flagged_words_ratio"
@@ -231,7 +253,7 @@ class FlaggedWordFilter(_RangeFilter):
             return lang
 
     def compute_stats(self, text: str) -> Stats:
-        words = _augmented(refined_words(text, lower_case=True), self.params)
+        words = _augmented(self.words(text, lower_case=True), self.params)
         flagged = flagged_words()
         ratio = sum(word in flagged for word in words) / len(words) if words else 0.0
         return {"flagged_words_ratio": min(ratio, 1.0)}

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import string
 from functools import cache
+from pathlib import Path
 
 import emoji
+
+from operators.models import sentencepiece_model
 
 _OTHER_SPECIAL_CHARACTERS = (
     "\u0092\u2009\u0093\u0097\u200a\u009d\u0099\u202f\u0096\u2005\u0095\u0091"
@@ -44,9 +47,13 @@ def split_words(text: str) -> list[str]:
     return text.replace("\n", " ").replace("\t", " ").split(" ") if text else []
 
 
-def refined_words(text: str, lower_case: bool = False) -> list[str]:
-    """Words stripped of special characters at both ends; words that were only special characters go."""
-    words = (strip_chars(word.lower() if lower_case else word) for word in split_words(text))
+def refined_words(text: str, lower_case: bool = False, tokenizer: Path | None = None) -> list[str]:
+    """Words stripped of special characters at both ends; words that were only special characters go.
+
+    ``tokenizer``: a SentencePiece model file; its pieces are the words (Data-Juicer's ``tokenization: true``).
+    """
+    raw = sentencepiece_model(tokenizer).encode_as_pieces(text) if tokenizer else split_words(text)
+    words = (strip_chars(word.lower() if lower_case else word) for word in raw)
     return [word for word in words if word]
 
 

@@ -86,3 +86,24 @@ class RemoveTableTextMapper(Mapper):
         for pattern in self._patterns:
             text = pattern.sub("", text)
         return text
+
+
+_MACRO_DEFINITIONS = (
+    regex.compile(r"\\\bnewcommand\b\*?\{(\\[a-zA-Z0-9]+?)\}\{(.*?)\}$", regex.MULTILINE),
+    regex.compile(r"\\def\s*(\\[a-zA-Z0-9]+?)\s*\{(.*?)\}$", regex.MULTILINE),
+)
+
+
+@register("expand_macro_mapper")
+class ExpandMacroMapper(Mapper):
+    """Expand a LaTeX document's argument-free macros (\\newcommand{\\x}{...}, \\def\\x{...}) where they are used."""
+
+    def process_text(self, text: str) -> str:
+        macros = {}
+        for definition in _MACRO_DEFINITIONS:
+            for match in definition.finditer(text):
+                macros[match.group(1)] = match.group(2)
+        for name, value in macros.items():
+            # only whole macro names: the name must be followed by a character that cannot continue it
+            text = regex.sub(regex.escape(name) + r"([^a-zA-Z0-9])", lambda m, v=value: v + m.group(1), text)
+        return text

@@ -9,9 +9,12 @@ import codecs
 import csv
 import io
 import json
+import logging
 import posixpath
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -21,6 +24,7 @@ import pyarrow.parquet as pq
 import pypdf
 import trafilatura
 from docx.table import Table
+from trafilatura.xml import xmltotxt
 
 from operators.readers.records import Document, Reject, Rejected
 
@@ -31,6 +35,7 @@ class ReadOptions:
     id_field: str | None = None
     title_field: str | None = None
     max_bytes: int = 50_000_000
+    html_format: str = "text"  # "text": plain text with the page's structure; "markdown": Markdown (escapes `_`, `*`)
 
 
 MIME_TYPES = {
@@ -168,28 +173,121 @@ def read_md(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator
 
 def read_html(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
     html, decoded = decode_text(read_limited(stream, options.max_bytes))
-    # Markdown output keeps paragraphs, lists, code and tables apart for the chunker; favor_recall keeps
-    # the text of documentation pages that the precision mode cuts.
-    text = trafilatura.extract(
-        html, output_format="markdown", favor_recall=True, include_formatting=True, include_tables=True,
-        include_comments=False, include_links=False, include_images=False,
+    # favor_recall keeps the text of documentation pages that the precision mode cuts.
+    extracted = trafilatura.bare_extraction(
+        html, favor_recall=True, include_formatting=True, include_tables=True, include_comments=False,
+        include_links=False, include_images=False, with_metadata=True,
     )
-    meta = trafilatura.extract_metadata(html)
-    yield _document(text or "", source_uri, "html", (meta.title if meta else None) or "", **decoded)
+    if extracted is None:
+        raise Rejected("empty", "no text left after html extraction")
+    if options.html_format == "markdown":
+        text = xmltotxt(extracted.body, include_formatting=True)
+    else:
+        text = plain_text(extracted.body)
+    yield _document(text or "", source_uri, "html", extracted.title or "", **decoded)
+
+
+# Elements of trafilatura's extracted tree (its XML-TEI-like output) that make blocks of their own.
+_BLOCKS = frozenset({"head", "p", "list", "table", "quote", "div", "section"})
+
+
+def plain_text(body) -> str:
+    """trafilatura's extracted tree as plain text that keeps the page's structure and none of Markdown's syntax:
+    headings and paragraphs as blocks separated by a blank line, list items as `- ` or `1. ` lines (nested ones
+    indented), a table as one line per row with cells separated by ` | `, code blocks verbatim. The page's
+    characters stay as they are (`WIDGET_PORT`, not `WIDGET\\_PORT`)."""
+    blocks = [_block(element) for element in body]
+    blocks += [" ".join(element.tail.split()) for element in body if element.tail and element.tail.strip()]
+    return "\n\n".join(block for block in blocks if block)
+
+
+def _block(element) -> str:
+    if element.tag == "code":
+        return "".join(element.itertext()).strip("\n")
+    if element.tag == "list":
+        return "\n".join(_list_lines(element))
+    if element.tag == "table":
+        return "\n".join(" | ".join(_inline(cell) for cell in row if cell.tag == "cell")
+                         for row in element.iter("row"))
+    if element.tag not in ("head", "p") and any(child.tag in _BLOCKS for child in element):
+        return "\n\n".join(block for block in map(_block, element) if block)
+    return _inline(element)
+
+
+def _list_lines(element, indent: str = "") -> list[str]:
+    ordered = element.get("rend") == "ol"
+    lines = []
+    for number, item in enumerate((child for child in element if child.tag == "item"), start=1):
+        lines.append(f"{indent}{f'{number}.' if ordered else '-'} {_inline(item, skip='list')}")
+        for nested in (child for child in item if child.tag == "list"):
+            lines.extend(_list_lines(nested, indent + "  "))
+    return lines
+
+
+def _inline(element, skip: str | None = None) -> str:
+    """An element's running text: whitespace collapsed, line breaks (`<lb/>`) kept, `skip` children left out."""
+    return "\n".join(" ".join(line.split()) for line in _runs(element, skip).split(_LINE_BREAK)).strip()
+
+
+_LINE_BREAK = "\x00"  # stands for <lb/> while the source's own newlines are collapsed as whitespace
+
+
+def _runs(element, skip: str | None) -> str:
+    parts = [element.text or ""]
+    for child in element:
+        if child.tag == "lb":
+            parts.append(_LINE_BREAK)
+        elif child.tag != skip:
+            parts.append(_runs(child, skip=None))
+        parts.append(child.tail or "")
+    return "".join(parts)
+
+
+class _PdfNotes(logging.Handler):
+    """pypdf logs the damage it works around ("EOF marker not found") as warnings, one log line per file with no
+    file name. While `read_pdf` reads, they become part of what the reader reports about that file (the Reject's
+    detail, or the document's `pdf_warnings`); pypdf's other log records go to the root logger as before."""
+
+    current: ContextVar[list[str] | None] = ContextVar("pdf_notes", default=None)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        notes = self.current.get()
+        if notes is None:
+            logging.getLogger().handle(record)
+        else:
+            notes.append(record.getMessage())
+
+
+_pypdf_logger = logging.getLogger("pypdf")
+_pypdf_logger.addHandler(_PdfNotes())
+_pypdf_logger.propagate = False
+
+
+@contextmanager
+def _pdf_notes() -> Iterator[list[str]]:
+    notes: list[str] = []
+    token = _PdfNotes.current.set(notes)
+    try:
+        yield notes
+    finally:
+        _PdfNotes.current.reset(token)
 
 
 def read_pdf(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
-    try:
-        reader = pypdf.PdfReader(stream)
-    except pypdf.errors.PdfReadError as error:
-        raise Rejected("corrupt", f"not a readable PDF: {error}") from error
-    if reader.is_encrypted and not reader.decrypt(""):
-        raise Rejected("unreadable", "the PDF is encrypted with a password")
-    pages = [(page.extract_text() or "").strip() for page in reader.pages]
+    with _pdf_notes() as notes:
+        try:
+            reader = pypdf.PdfReader(stream)
+        except pypdf.errors.PdfReadError as error:
+            said = f" (pypdf: {'; '.join(notes)})" if notes else ""
+            raise Rejected("corrupt", f"not a readable PDF: {error}{said}") from error
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise Rejected("unreadable", "the PDF is encrypted with a password")
+        pages = [(page.extract_text() or "").strip() for page in reader.pages]
     if not any(pages):
         raise Rejected("empty", f"no extractable text in {len(pages)} pages (scanned images?)")
     title = (reader.metadata.title if reader.metadata else None) or _first_line(pages[0])
-    yield _document("\n\n".join(p for p in pages if p), source_uri, "pdf", str(title), pages=len(pages))
+    extra = {"pdf_warnings": notes} if notes else {}
+    yield _document("\n\n".join(p for p in pages if p), source_uri, "pdf", str(title), pages=len(pages), **extra)
 
 
 def check_zip_size(stream: BinaryIO, max_bytes: int) -> None:

@@ -1,59 +1,59 @@
-"""Prompt templates for synthetic data, with English and Chinese defaults that a spec can override.
+"""Prompt templates for synthetic data: one file per template and language (`prompts/<language>/<name>.txt`,
+English and Chinese), each overridable from the spec (`synthesis.templates: {name: text or path/to/file.txt}`).
 
-A template is LangChain f-string text with two variables: `{text}` (the chunk) and `{count}` (how many
-records to ask for). Its version is derived from its text, so editing a template in the spec gives new
+A template is LangChain f-string text. Its version is derived from its text, so editing a template gives new
 records a new `template_version` and a new cache key: old and new generations never get mixed up.
 """
 
 import hashlib
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 from langchain_core.prompts import PromptTemplate
 
-KINDS = ("qa", "cot_qa", "instruction")
+PROMPTS = Path(__file__).parent / "prompts"
+KINDS = ("qa", "cot_qa", "instruction", "evol_instruct", "self_instruct", "multi_turn", "preference")
 LANGUAGES = ("en", "zh")
-TEMPLATE_VARIABLES = {"text", "count"}
-
-DEFAULT_TEMPLATES: dict[str, dict[str, str]] = {
-    "en": {
-        "qa": (
-            "Read the passage below and write {count} question-answer pairs about it.\n"
-            "Each question must be answerable from the passage alone and make sense without it "
-            "(no 'according to the passage'). Each answer must be correct, complete and taken from the "
-            "passage.\n\nPassage:\n{text}"
-        ),
-        "cot_qa": (
-            "Read the passage below and write {count} questions that need a few steps of reasoning to "
-            "answer. For each, give the step-by-step reasoning that uses facts from the passage, then the "
-            "short final answer.\n\nPassage:\n{text}"
-        ),
-        "instruction": (
-            "Read the passage below and write {count} instruction-response pairs a user could ask an "
-            "assistant, such as explaining, summarizing or applying what the passage says. Each response "
-            "must follow its instruction and be faithful to the passage.\n\nPassage:\n{text}"
-        ),
-    },
-    "zh": {
-        "qa": (
-            "阅读下面的文本，针对其内容写出 {count} 个问答对。\n"
-            "每个问题都必须能仅凭文本回答，并且脱离文本也能看懂（不要写“根据文本”）。"
-            "每个答案都必须正确、完整，并来自文本。\n\n文本：\n{text}"
-        ),
-        "cot_qa": (
-            "阅读下面的文本，写出 {count} 个需要几步推理才能回答的问题。"
-            "对每个问题，先给出利用文本事实的逐步推理过程，再给出简短的最终答案。\n\n文本：\n{text}"
-        ),
-        "instruction": (
-            "阅读下面的文本，写出 {count} 个用户可能向助手提出的指令及其回复，例如解释、总结或应用文本内容。"
-            "每个回复都必须遵循指令并忠实于文本。\n\n文本：\n{text}"
-        ),
-    },
+# The templates each kind renders, in the order it uses them.
+KIND_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "qa": ("qa",), "cot_qa": ("cot_qa",), "instruction": ("instruction",),
+    "evol_instruct": ("instruction", "evol_depth", "evol_breadth"),  # seeds, then evolutions
+    "self_instruct": ("self_instruct",),
+    "multi_turn": ("multi_turn",),
+    "preference": ("qa", "preference_answer"),  # the prompt, then the candidate answers
 }
+# (variables a template must use, variables it may use)
+TEMPLATE_VARIABLES: dict[str, tuple[set[str], set[str]]] = {
+    "qa": ({"text"}, {"text", "count"}),
+    "cot_qa": ({"text"}, {"text", "count"}),
+    "instruction": ({"text"}, {"text", "count"}),
+    "evol_depth": ({"instruction", "operation"}, {"instruction", "operation", "text"}),
+    "evol_breadth": ({"instruction"}, {"instruction", "text"}),
+    "self_instruct": ({"examples"}, {"examples", "text", "count"}),
+    "multi_turn": ({"text"}, {"text", "turns"}),
+    "preference_answer": ({"question"}, {"question", "text", "style"}),
+}
+
+
+@cache
+def _default_text(name: str, language: str) -> str:
+    return (PROMPTS / language / f"{name}.txt").read_text(encoding="utf-8").rstrip("\n")
+
+
+class _Defaults(dict):
+    """DEFAULT_TEMPLATES[language][name], read from the packaged files."""
+
+    def __missing__(self, language: str) -> dict[str, str]:
+        return {name: _default_text(name, language) for name in TEMPLATE_VARIABLES}
+
+
+DEFAULT_TEMPLATES = _Defaults()
 
 
 @dataclass(frozen=True)
 class SynthesisTemplate:
-    kind: str
+    kind: str  # the template's name (for the simple kinds, the kind itself)
     language: str
     text: str
 
@@ -62,25 +62,45 @@ class SynthesisTemplate:
         digest = hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:8]
         return f"{self.kind}-{self.language}-{digest}"
 
-    def render(self, *, text: str, count: int) -> str:
-        return PromptTemplate.from_template(self.text).format(text=text, count=count)
+    def render(self, **variables: object) -> str:
+        template = PromptTemplate.from_template(self.text)
+        return template.format(**{name: variables[name] for name in template.input_variables})
 
 
-def resolve_template(kind: str, language: str = "en", override: str | None = None) -> SynthesisTemplate:
-    """The spec's template for `kind` when given, else the default in `language`; checked before any call."""
-    if kind not in KINDS:
-        raise ValueError(f"synthesis kind {kind!r} is unknown; expected one of {', '.join(KINDS)}")
+def templates_for_kinds(kinds: list[str]) -> list[str]:
+    """The template names the kinds use, each once."""
+    return list(dict.fromkeys(name for kind in kinds for name in KIND_TEMPLATES[kind]))
+
+
+def resolve_template(kind: str, language: str = "en", override: str | None = None,
+                     base_dir: Path | None = None) -> SynthesisTemplate:
+    """The spec's template `kind` (a template name) when given, else the default in `language`; checked
+    before any call. An override naming an existing `.txt` file (relative to `base_dir`) is read from it."""
+    if kind not in TEMPLATE_VARIABLES:
+        raise ValueError(f"synthesis kind {kind!r} is unknown; expected one of {', '.join(TEMPLATE_VARIABLES)}")
     if language not in LANGUAGES:
         raise ValueError(f"synthesis language {language!r} is unknown; expected one of {', '.join(LANGUAGES)}")
-    text = override if override is not None else DEFAULT_TEMPLATES[language][kind]
+    text = _default_text(kind, language) if override is None else _read_override(kind, override, base_dir)
     try:
         variables = set(PromptTemplate.from_template(text).input_variables)
     except ValueError as error:  # unbalanced braces
         raise ValueError(f"synthesis template for {kind!r} is not a valid f-string template: {error}") from None
-    if "text" not in variables or not variables <= TEMPLATE_VARIABLES:
+    required, allowed = TEMPLATE_VARIABLES[kind]
+    if not required <= variables or not variables <= allowed:
+        must = " and ".join(f"{{{v}}}" for v in sorted(required))
+        may = ", ".join(f"{{{v}}}" for v in sorted(allowed - required))
         raise ValueError(
-            f"synthesis template for {kind!r} must use {{text}} and may use {{count}}; "
-            f"it uses {sorted(variables)} (write literal braces as {{{{ and }}}})"
+            f"synthesis template for {kind!r} must use {must}" + (f" and may use {may}" if may else "")
+            + f"; it uses {sorted(variables)} (write literal braces as {{{{ and }}}})"
         )
     return SynthesisTemplate(kind=kind, language=language, text=text)
 
+
+def _read_override(name: str, override: str, base_dir: Path | None) -> str:
+    if "\n" in override or not override.endswith(".txt"):
+        return override
+    path = Path(override) if base_dir is None else base_dir / override
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\n")
+    except OSError as error:
+        raise ValueError(f"synthesis template file for {name!r} cannot be read: {path}: {error}") from None

@@ -55,7 +55,7 @@ def test_asset_graph_shows_every_stage_of_the_demo_dataset(tmp_path, monkeypatch
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("DATAMATE_HOME", str(tmp_path / "home"))
     (tmp_path / "dagster_home").mkdir()
-    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster_home" / "dagster.yaml")
+    shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", tmp_path / "dagster_home" / "dagster.yaml")
     port = free_port()
     with server_process([str(BIN / "dagster-webserver"), "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1",
                          "-p", str(port)], port, tmp_path / "webserver.log", timeout=180, cwd=REPO):

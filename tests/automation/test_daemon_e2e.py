@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import boto3
-import pyarrow.parquet as pq
 import pytest
 import requests
 import yaml
@@ -22,8 +21,17 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter
 from dagster._core.storage.tags import SENSOR_NAME_TAG
 
 from datamate_assets.automation import INBOX_FILES_TAG
+from datamate_resources import tables
+from datamate_resources.storage import ObjectStore
 from tests.conftest import BIN, REPO, S3_KEYS
 from tests.servers import background_process, free_port, server_process
+
+
+def read_stage(storage: Path, stage: str):
+    """A stage's output (its latest Delta version) under the local storage root."""
+    table = tables.read_stage(ObjectStore(url=storage.as_uri()), DATASET, stage)
+    assert table is not None, f"{storage}/{DATASET}/{stage} was never written"
+    return table
 
 # e2e: the real daemon carrying files through every stage; `make test-e2e` (too heavy for CI's 2 cores).
 pytestmark = pytest.mark.e2e
@@ -198,13 +206,13 @@ def test_inbox_files_flow_through_the_stages_once(tmp_path, monkeypatch, postgre
     # The outputs hold every file once, in its latest version, through to the index.
     uris = [f"{local}/{n}.txt" for n in ("apt", "nfs", "ssh")] + [f"{bucket}/{n}.txt" for n in ("dpkg", "grub", "lvm")]
     for stage in ("collected", "cleaned"):
-        table = pq.read_table(storage / DATASET / f"{stage}.parquet")
+        table = read_stage(storage, stage)
         assert sorted(table["source_uri"].to_pylist()) == sorted(uris), stage
-    cleaned = pq.read_table(storage / DATASET / "cleaned.parquet")
-    annotated = pq.read_table(storage / DATASET / "annotated.parquet")
+    cleaned = read_stage(storage, "cleaned")
+    annotated = read_stage(storage, "annotated")
     assert sorted(annotated["doc_id"].to_pylist()) == sorted(cleaned["doc_id"].to_pylist())
     assert set(annotated["topic"].to_pylist()) <= {"installation", "networking"}
-    chunks = pq.read_table(storage / DATASET / "chunks.parquet")
+    chunks = read_stage(storage, "chunks")
     assert set(chunks["doc_id"].to_pylist()) == set(cleaned["doc_id"].to_pylist())
     # The restart's index run embedded only the chunks of the new and changed files and kept the others.
     second_batch = {f"{local}/nfs.txt", f"{local}/ssh.txt", f"{bucket}/lvm.txt"}

@@ -1,4 +1,5 @@
-"""dbt reports over real stage outputs, on a local folder and on S3 (moto's server), run through Dagster."""
+"""dbt reports over real stage outputs (Delta tables, read by DuckDB's packaged `delta` extension), on a local
+folder and on S3 (moto's server), run through Dagster."""
 
 import json
 from datetime import UTC, datetime
@@ -10,9 +11,9 @@ import pytest
 
 from datamate_assets import collection
 from datamate_assets.keys import key
-from datamate_assets.reporting import stage_files, with_reporting
+from datamate_assets.reporting import stage_tables, with_reporting
 from datamate_assets.spec import DatasetSpec
-from datamate_resources import build_resources
+from datamate_resources import build_resources, tables
 from datamate_resources.settings import Settings
 from datamate_resources.storage import ObjectStore
 from tests.conftest import S3_KEYS
@@ -24,7 +25,7 @@ def spec_for(folder) -> DatasetSpec:
     return DatasetSpec.model_validate({"name": "report_demo", "sources": [{"type": "folder", "path": str(folder)}]})
 
 
-def stage_tables() -> dict[str, pa.Table]:
+def later_stages() -> dict[str, pa.Table]:
     """Outputs of the later stages, shaped by the column contracts in docs/architecture.md."""
     return {
         "cleaned": pa.table({"doc_id": ["a", "b"], "text": ["alpha text", "beta text"], "recipe_hash": ["r", "r"]}),
@@ -59,10 +60,12 @@ def build(tmp_path, monkeypatch, storage_url: str, endpoint: str | None = None):
     settings = Settings.from_env()
     spec = spec_for(inbox)
     defs = dg.Definitions.merge(dg.Definitions(resources=build_resources(settings)), collection.build_defs(spec))
-    # The stages after collection as their owners write them: Parquet through the storage resource.
-    for stage, table in stage_tables().items():
+    # The stages after collection as their owners write them: Delta tables through the table API.
+    for stage, table in later_stages().items():
         defs = dg.Definitions.merge(defs, dg.Definitions(assets=[dg.AssetSpec(key(spec, stage))]))
-        plain_store(settings).write_table(table, spec.name, f"{stage}.parquet")
+        if stage == "chunks":  # an earlier version, which the reports must not read
+            tables.write(plain_store(settings), spec.name, stage, table.slice(0, 1))
+        tables.write(plain_store(settings), spec.name, stage, table)
     return settings, spec, with_reporting(defs, settings)
 
 
@@ -125,8 +128,8 @@ def test_reports_on_s3_with_packaged_httpfs(tmp_path, monkeypatch, s3_endpoint, 
 def test_a_stage_nobody_produced_yet_reads_as_empty(tmp_path, stage):
     settings = Settings.from_env({"DATAMATE_HOME": str(tmp_path), "DATAMATE_STORAGE_URL": f"file://{tmp_path}/s"})
     storage = plain_store(settings)
-    assert stage_files(storage, [key("nothing_yet", stage)]) == {}
-    assert json.dumps(stage_files(storage, [])) == "{}"
+    assert stage_tables(storage, [key("nothing_yet", stage)]) == {}
+    assert json.dumps(stage_tables(storage, [])) == "{}"
 
 
 def test_a_run_starts_the_dbt_step_after_the_stages_it_reads():

@@ -50,10 +50,14 @@ def test_cleaning_asset_metadata_and_incremental_runs(tmp_path):
     cleaned, drops = outputs(storage, spec)
     assert cleaned.num_rows + drops.num_rows == 300
     assert set(cleaned.column("recipe_hash").to_pylist()) == {cleaning.Recipe.from_process(PROCESS).hash}
-    assert drops.column_names == ["doc_id", "source_uri", "operator", "reason", "text"]
+    assert drops.column_names == ["doc_id", "source_uri", "operator", "reason", "text", "stats"]
+    # every filter's statistics are kept per document, in both tables, and plotted in the metadata
+    assert "text_len" in cleaned.schema.field("stats").type.names
+    assert cleaned.column("stats").combine_chunks().field("text_len").null_count == 0
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
     assert "| 3 | `document_minhash_deduplicator` |" in metadata["operator_stats"].value
     assert "| before | after |" in metadata["examples"].value
+    assert "data:image/png;base64," in metadata["statistics_plots"].value and "text_len" in metadata["statistics"].value
     assert metadata["processed"].value == 300
     # the signature index holds each kept document's fingerprint once per dedup step (two in this recipe)
     index = tables.read_stage(storage, spec.name, "dedup_index")
@@ -86,3 +90,17 @@ def test_code_version_is_the_recipe_hash():
     assert versions == {cleaning.Recipe.from_process(PROCESS).hash}
     assert cleaning.build_defs(DatasetSpec.model_validate(
         {"name": "x", "sources": [{"type": "folder", "path": "p"}]})).assets in (None, [], ())
+
+
+def test_a_selection_of_cleaned_alone_runs(tmp_path):
+    """`--select '*mydocs/indexed'` selects `cleaned` without `cleaning_drops`: the multi-asset can be subset."""
+    storage = ObjectStore(url=f"file://{tmp_path}")
+    spec = make_spec(PROCESS)
+    tables.write(storage, spec.name, "collected", generate(50, seed=2).table)
+    result = dg.materialize([*cleaning.build_defs(spec).assets, dg.SourceAsset(key(spec, "collected"))],
+                            selection=[key(spec, "cleaned")],
+                            resources={"storage": storage, "io_manager": DeltaIOManager(storage=storage)})
+    assert result.success
+    assert [e.asset_key for e in result.get_asset_materialization_events()] == [key(spec, "cleaned")]
+    cleaned, drops = outputs(storage, spec)
+    assert cleaned.num_rows + drops.num_rows == 50  # the drops table is kept in step with the cleaned one

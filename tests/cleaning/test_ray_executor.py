@@ -37,7 +37,8 @@ def test_ray_and_local_executors_agree(local_ray):
     local = run_local(recipe, table)
     distributed = run_ray(recipe, table, num_blocks=3)
     assert local.kept.equals(distributed.kept)
-    assert local.drops.equals(distributed.drops)
+    # the streaming runner writes drops as each step makes them; Ray gathers them in input order
+    assert local.drops.sort_by("extra").equals(distributed.drops.sort_by("extra"))
     assert [(s.docs_in, s.dropped, s.changed) for s in local.stats] == \
         [(s.docs_in, s.dropped, s.changed) for s in distributed.stats]
     by_operator = set(local.drops.column("operator").to_pylist())
@@ -78,7 +79,8 @@ def test_the_cleaned_asset_on_ray_equals_the_local_one(local_ray, tmp_path):
             for stage in ("cleaned", "cleaning_drops")
         ]
     assert published["ray"][0].equals(published["local"][0])
-    assert published["ray"][1].equals(published["local"][1])
+    order = [("source_uri", "ascending"), ("doc_id", "ascending")]
+    assert published["ray"][1].sort_by(order).equals(published["local"][1].sort_by(order))
     assert published["ray"][0].num_rows + published["ray"][1].num_rows == corpus.num_rows
 
 
@@ -90,4 +92,4 @@ def test_a_block_with_no_candidate_pair_gives_an_empty_fingerprint_table():
     block = with_bookkeeping(pa.table({"doc_id": ["a", "b"], "text": ["first text here", "second text there"]}))
     op = build_operator("document_minhash_deduplicator", {})
     assert _fingerprint_rows(block, op, "text", wanted=set()).num_rows == 0
-    assert _fingerprint_rows(block, op, "text", wanted={1}).column("doc_id").to_pylist() == ["b"]
+    assert _fingerprint_rows(block, op, "text", wanted={1}).column("name").to_pylist() == ["doc b"]

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from datamate_resources import tables
 from datamate_resources.storage import ObjectStore
 from tests.collection.web_server import serve_site
 from tests.conftest import REPO, S3_KEYS
@@ -95,8 +96,8 @@ def test_collection_from_the_cli_is_incremental(environment):
         url=os.environ["DATAMATE_STORAGE_URL"], endpoint_url=os.environ["DATAMATE_S3_ENDPOINT_URL"],
         aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
     )
-    collected = storage.read_table("itest", "collected.parquet")
-    rejects = storage.read_table("itest", "collection_rejects.parquet")
+    collected = tables.read_stage(storage, "itest", "collected")
+    rejects = tables.read_stage(storage, "itest", "collection_rejects")
 
     # 2 folder documents + 1 JSONL line, 1 S3 object, 1 web page, 2 SQL rows.
     uris = collected.column("source_uri").to_pylist()
@@ -126,8 +127,12 @@ def test_collection_from_the_cli_is_incremental(environment):
         assert counts(latest_metadata(instance, COLLECTED)) == {
             "inputs": 11, "collected": 0, "new": 0, "changed": 0, "unchanged": 7, "removed": 0, "rejected": 4,
         }
-    again = storage.read_table("itest", "collected.parquet")
-    assert again.column("collected_at").to_pylist() == collected.column("collected_at").to_pylist()
+    again = tables.read_stage(storage, "itest", "collected")
+
+    def collected_at(table):
+        return dict(zip(table["source_uri"].to_pylist(), table["collected_at"].to_pylist(), strict=True))
+
+    assert collected_at(again) == collected_at(collected)
 
     # One new S3 object, one changed SQL row, one deleted local file.
     environment["s3"].put_object(Bucket=environment["bucket"], Key="sources/notes/new.md", Body=b"# New\n\nfresh")
@@ -144,6 +149,15 @@ def test_collection_from_the_cli_is_incremental(environment):
         }
         runs = instance.get_runs()
         assert len(runs) == 3 and all(run.is_success for run in runs)
-    final = storage.read_table("itest", "collected.parquet")
+    final = tables.read_stage(storage, "itest", "collected")
     assert final.num_rows == 7
     assert S3_KEYS["AWS_SECRET_ACCESS_KEY"] not in first_output
+    texts = dict(zip(final["source_uri"].to_pylist(), final["text"].to_pylist(), strict=True))
+    assert "Mirrors are listed at www.debian.org/mirror." in texts.values()  # the changed row was merged in
+    assert f"{folder}/obsolete.txt" not in texts  # the deleted file's row was deleted
+
+    # Run 1 wrote version 0, run 2 changed nothing (no version), run 3 merged its changes as version 1;
+    # version 0 still reads as the first run left it.
+    assert tables.current(storage, "itest", "collected").version == 1
+    first_version = tables.read_stage(storage, "itest", "collected", version=0)
+    assert sorted(first_version["source_uri"].to_pylist()) == sorted(uris)

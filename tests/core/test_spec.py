@@ -3,8 +3,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from datamate_assets.spec import SpecFileError, load_spec, load_specs
+from datamate_assets.spec import SpecFileError, load_spec, load_specs, validate_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -15,7 +16,9 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_sample_spec_is_valid():
-    spec = load_spec(REPO / "datasets" / "debian_docs.yaml")
+    # The sample dataset is a DatasetComponent; its attributes are a spec like any spec file.
+    path = REPO / "datamate_assets" / "defs" / "debian_docs" / "defs.yaml"
+    spec = validate_spec(yaml.safe_load(path.read_text())["attributes"], path)
     assert spec.name == "debian_docs"
     assert spec.sources[0].type == "folder"
     assert spec.cleaning.process[0] == {"clean_html_mapper": {}}

@@ -20,7 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "deploy" / "docker"
 KUBE = REPO / "deploy" / "kubernetes"
-CODE_DIRS = ["datamate_resources", "datamate_assets", "operators"]
+CODE_DIRS = ["datamate", "datamate_resources", "datamate_assets", "operators"]
 SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "API_KEY", "HASH")
 KUBERNETES_VERSION = "1.37.0"
 
@@ -74,7 +74,7 @@ def test_compose_file_matches_the_compose_specification(compose):
 def test_compose_has_every_part_of_the_production_topology(compose):
     expected = {
         "postgres", "minio", "minio-init", "milvus-etcd", "milvus-minio", "milvus", "ray-head", "ray-worker",
-        "dagster-code", "dagster-webserver", "dagster-daemon", "proxy",
+        "dagster-code", "dagster-webserver", "dagster-daemon", "datamate-api", "proxy",
     }
     assert set(compose["services"]) == expected
 
@@ -110,14 +110,14 @@ def exposed(compose: dict, service: str) -> set[int]:
 def test_addresses_name_services_and_ports_that_exist(compose, datamate_env):
     pg_host, pg_port = host_port(datamate_env["DAGSTER_PG_URL"].split("@", 1)[1].split("/", 1)[0])
     workspace = load_yaml(DOCKER / "workspace.yaml")["load_from"][0]["grpc_server"]
-    proxy_target = re.search(r"reverse_proxy\s+(\S+)", (DOCKER / "Caddyfile").read_text()).group(1)
+    proxy_targets = re.findall(r"reverse_proxy\s+(\S+)", (DOCKER / "Caddyfile").read_text())
     targets = {
         "DAGSTER_PG_URL": (pg_host, pg_port),
         "DATAMATE_S3_ENDPOINT_URL": host_port(datamate_env["DATAMATE_S3_ENDPOINT_URL"]),
         "DATAMATE_MILVUS_URI": host_port(datamate_env["DATAMATE_MILVUS_URI"]),
         "DATAMATE_RAY_ADDRESS": host_port(datamate_env["DATAMATE_RAY_ADDRESS"]),
         "workspace.yaml": (workspace["host"], workspace["port"]),
-        "Caddyfile": host_port(proxy_target),
+        **{f"Caddyfile ({target})": host_port(target) for target in proxy_targets},
     }
     for source, (host, port) in targets.items():
         assert host in compose["services"], f"{source} names unknown service {host}"
@@ -145,7 +145,10 @@ def test_servers_listen_where_the_others_look(compose):
 
 def test_environment_names_agree_with_the_code(compose, datamate_env):
     read_by_code = code_env_names()
-    set_here = {name for name in datamate_env if name.startswith(("DATAMATE_", "AWS_"))}
+    # The shared env, the API service's own, and the variables handed over as compose secrets (files).
+    api_env = set(compose["services"]["datamate-api"]["environment"])
+    from_secrets = {secret["environment"] for secret in compose["secrets"].values() if "environment" in secret}
+    set_here = {name for name in {*datamate_env, *api_env, *from_secrets} if name.startswith(("DATAMATE_", "AWS_"))}
     assert set_here <= read_by_code, f"set in compose but read by no code: {set_here - read_by_code}"
     # Every variable the code reads is set by the deployment (compose env or the image's ENV).
     assert read_by_code <= set_here | dockerfile_env_names(), read_by_code - set_here - dockerfile_env_names()
@@ -159,7 +162,8 @@ def test_secrets_come_only_from_the_env_file(compose):
     referenced = set()
     for name, service in compose["services"].items():
         for key, value in (service.get("environment") or {}).items():
-            if any(word in key for word in SECRET_WORDS) and value:
+            # A *_FILE variable is the path of a mounted secret, not a secret.
+            if any(word in key for word in SECRET_WORDS) and value and not key.endswith("_FILE"):
                 assert re.fullmatch(r"\$\{[A-Z0-9_]+(:-)?\}", str(value)), f"{name}.{key} is not from .env"
     text = (DOCKER / "compose.yaml").read_text()
     referenced = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)\}", text))  # required: no default given
@@ -170,6 +174,31 @@ def test_secrets_come_only_from_the_env_file(compose):
     assert referenced <= set(example), f"missing from .env.example: {referenced - set(example)}"
     ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/docker/.env"], cwd=REPO)
     assert ignored.returncode == 0, "deploy/docker/.env must be git-ignored"
+
+
+def test_retrieval_api_behind_the_proxy_with_keys_from_a_secret_file(compose):
+    api = compose["services"]["datamate-api"]
+    assert command_text(api) == "datamate serve --host 0.0.0.0 --port 8000" and 8000 in exposed(compose, "datamate-api")
+    caddyfile = (DOCKER / "Caddyfile").read_text()
+    api_route = re.search(r"handle /v1/\* \{\s*reverse_proxy (\S+)\s*\}", caddyfile)
+    assert api_route and api_route.group(1) == "datamate-api:8000"  # before the basic_auth catch-all: own keys
+    (secret,) = api["secrets"]
+    assert api["environment"]["DATAMATE_API_KEYS_FILE"] == f"/run/secrets/{secret}"
+    assert compose["secrets"][secret] == {"environment": "DATAMATE_API_KEYS"}
+    assert "DATAMATE_API_KEYS" not in api["environment"]  # a file, not an env value of the container
+    assert api["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert "/healthz" in api["healthcheck"]["test"][-1] and "/healthz" in service_paths()
+    assert "datamate-api" in compose["services"]["proxy"]["depends_on"]
+
+
+def service_paths() -> set[str]:
+    """The routes of the retrieval service's app (built without connecting to anything)."""
+    from datamate.service import Backend, create_app
+    from datamate_resources.embeddings import EmbeddingsResource
+    from datamate_resources.milvus import MilvusResource
+
+    backend = Backend(MilvusResource(provider="server", uri="http://milvus:19530"), EmbeddingsResource())
+    return {route.path for route in create_app(backend, []).routes}
 
 
 def test_dockerfile_copies_paths_that_exist():
@@ -303,4 +332,37 @@ def test_dagster_helm_values(dagster_values):
 
 def test_kubernetes_secrets_file_is_ignored():
     ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/kubernetes/secrets.env"], cwd=REPO)
+    assert ignored.returncode == 0
+
+
+def test_retrieval_api_manifests(dagster_values, configmap):
+    documents = {doc["kind"]: doc for doc in yaml.safe_load_all((KUBE / "datamate-api.yaml").read_text())}
+    assert set(documents) == {"Deployment", "Service", "Ingress"}
+    for document in documents.values():
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    image = dagster_values["dagster-user-deployments"]["deployments"][0]["image"]
+    assert container["image"] == f"{image['repository']}:{image['tag']}"
+    assert container["command"] == ["datamate", "serve", "--host", "0.0.0.0", "--port", "8000"]
+    assert container["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}},
+                                    {"secretRef": {"name": "datamate-secrets"}}]
+    # The keys are a file from the datamate-api-keys Secret, at the path DATAMATE_API_KEYS_FILE names.
+    keys_file = {e["name"]: e["value"] for e in container["env"]}["DATAMATE_API_KEYS_FILE"]
+    (mount,) = container["volumeMounts"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "datamate-api-keys" and keys_file.startswith(mount["mountPath"] + "/")
+    assert "--from-file=api-keys=" in (KUBE / "README.md").read_text() and keys_file.endswith("/api-keys")
+    paths = service_paths()
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" in paths
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz" in paths
+    port_names = {port["name"] for port in container["ports"]}
+    service = documents["Service"]["spec"]
+    assert service["selector"] == documents["Deployment"]["spec"]["selector"]["matchLabels"]
+    assert {port["targetPort"] for port in service["ports"]} <= port_names
+    (rule,) = documents["Ingress"]["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["path"] == "/v1/" and path["backend"]["service"]["name"] == documents["Service"]["metadata"]["name"]
+    assert not any("auth" in key for key in documents["Ingress"]["metadata"].get("annotations", {}))
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/kubernetes/api-keys.txt"], cwd=REPO)
     assert ignored.returncode == 0

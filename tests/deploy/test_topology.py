@@ -21,14 +21,15 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import fsspec
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from dagster_graphql import DagsterGraphQLClient
 from pymilvus import MilvusClient
 
+from datamate_resources import tables
+from datamate_resources.io_manager import VERSION_KEY
 from datamate_resources.milvus import collection_name
+from datamate_resources.storage import ObjectStore
 from tests.conftest import BIN, REPO, S3_KEYS
 from tests.deploy.topology import milvus_standalone, ray_cluster
 from tests.servers import background_process, free_port, server_process
@@ -48,7 +49,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(RUN_TIMEOUT + 600)]
 
 def demo_project(root: Path) -> Path:
     """The demo dataset spec, its cleaning sent to Ray; `data/` beside `datasets/` as in the repository."""
-    spec = yaml.safe_load((REPO / "datasets" / f"{DATASET}.yaml").read_text())
+    spec = yaml.safe_load((REPO / "datamate_assets" / "defs" / DATASET / "defs.yaml").read_text())["attributes"]
     spec["cleaning"]["executor"] = "ray"
     spec["index"]["executor"] = "ray"
     spec["annotation"]["labeler"] = "embeddings"
@@ -201,15 +202,15 @@ def actor_nodes(dashboard_url: str, class_name: str) -> list[str]:
 
 
 def check_outputs_in_s3(materialized: dict[dg.AssetKey, dict], s3_endpoint: str) -> None:
-    """Every table output is a Parquet object in the bucket with the row count Dagster recorded."""
-    fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint, key=S3_KEYS["AWS_ACCESS_KEY_ID"],
-                           secret=S3_KEYS["AWS_SECRET_ACCESS_KEY"], use_listings_cache=False)
-    tables = {key: meta for key, meta in materialized.items() if "uri" in meta}
-    assert tables, f"no table output recorded: {materialized}"
-    for key, meta in tables.items():
-        assert meta["uri"].startswith("s3://"), (key, meta["uri"])
-        with fs.open(meta["uri"], "rb") as f:
-            rows = pq.ParquetFile(f).metadata.num_rows
+    """Every table output is a Delta table in the bucket whose recorded version holds the rows Dagster recorded."""
+    store = ObjectStore(url="s3://unused", endpoint_url=s3_endpoint, aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+    outputs = {key: meta for key, meta in materialized.items() if "dagster/uri" in meta}
+    assert outputs, f"no table output recorded: {materialized}"
+    for key, meta in outputs.items():
+        assert meta["dagster/uri"].startswith("s3://"), (key, meta["dagster/uri"])
+        ref = tables.TableRef(meta["dagster/uri"], meta[VERSION_KEY], tables.delta_options(store))
+        rows = ref.read(columns=[]).num_rows  # the data files, not only the log's statistics
         assert rows == meta["dagster/row_count"], (key, rows, meta["dagster/row_count"])
 
 

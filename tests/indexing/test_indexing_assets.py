@@ -9,7 +9,8 @@ from datamate_assets.cli import main
 from datamate_assets.indexing import build_defs
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
-from datamate_resources.io_manager import ParquetIOManager
+from datamate_resources import tables
+from datamate_resources.io_manager import DeltaIOManager
 from datamate_resources.storage import ObjectStore
 from tests.indexing.conftest import DOCS
 
@@ -46,14 +47,16 @@ def upstream(chunk_table: pa.Table | None):
 def test_stage_materializes_idempotently_and_is_searchable(tmp_path, lite, embeddings, monkeypatch, capsys):
     defs = build_defs(SPEC)
     stage_assets = list(defs.assets)
-    resources = {
-        "io_manager": ParquetIOManager(storage=ObjectStore(url=f"file://{tmp_path / 'storage'}")),
-        "milvus": lite,
-        "embeddings": embeddings,
-    }
+    storage = ObjectStore(url=f"file://{tmp_path / 'storage'}")
+    resources = {"io_manager": DeltaIOManager(storage=storage), "storage": storage, "milvus": lite,
+                 "embeddings": embeddings}
     first = dg.materialize([*upstream(None)[:1], *stage_assets[:1]], resources=resources,
                            selection=[key(SPEC, "cleaned"), key(SPEC, "chunks")])
-    chunk_table = first.output_for_node("kb_demo__chunks")
+    chunk_table = tables.read_stage(storage, SPEC.name, "chunks")
+    chunk_meta = first.asset_materializations_for_node("kb_demo__chunks")[0].metadata
+    assert chunk_meta["chunks"].value == chunk_meta["dagster/row_count"].value == chunk_table.num_rows
+    assert chunk_meta["documents"].value == len(DOCS) and chunk_meta["documents_without_chunks"].value == 0
+    assert "| min | p50 | p90 | p99 | max |" in chunk_meta["chunk_characters"].value
     result = dg.materialize([*upstream(chunk_table), *stage_assets], resources=resources)
     assert result.success
 

@@ -71,7 +71,8 @@ def test_sync_is_idempotent_and_follows_document_changes(milvus, embeddings, req
         hits = kb.search(["Which port does the SSH server listen on?", "how to add a package"], k=3)
         assert hits[0][0]["doc_id"] == "ssh" and "2222" in hits[0][0]["text"]
         assert hits[1][0]["doc_id"] == "apt"
-        assert set(hits[0][0]) == {"chunk_id", "doc_id", "text", "source_uri", "position", "headings", "score"}
+        assert set(hits[0][0]) == {"chunk_id", "doc_id", "text", "source_uri", "position", "headings", "title", "rank",
+                                   "score", "rank_score"}
         assert json.loads(hits[0][0]["headings"]) == []
 
 
@@ -140,3 +141,26 @@ def test_an_interrupted_bulk_load_resumes(lite, embeddings):
         report = fresh.sync(chunks, batch_size=16)
         assert "index" in report.seconds and report.vectors == chunks.num_rows
         assert client.get_load_state(fresh.name)["state"].name == "Loaded"
+
+
+def test_sync_streams_a_delta_table_version(lite, embeddings, tmp_path):
+    """From a Delta table the chunks are read in batches (here 3 rows), and each version is synced exactly."""
+    from datamate_resources import tables
+    from datamate_resources.storage import ObjectStore
+
+    store = ObjectStore(url=f"file://{tmp_path / 'storage'}")
+    first = tables.write(store, "kb_delta", "chunks", chunks_of(DOCS))
+    changed = {**DOCS, "ssh": DOCS["ssh"].replace("port 22", "port 2222")}
+    del changed["boot"]
+    second = tables.write(store, "kb_delta", "chunks", chunks_of(changed))
+    counting = CountingEmbeddings(embeddings.get_embeddings())
+    with lite.get_client() as client:
+        kb = KnowledgeBase(client, "kb_delta", counting, embeddings.model_name)
+        report = kb.sync(first, batch_size=3)
+        assert (report.embedded, report.vectors, counting.documents) == (first.num_rows,) * 3
+        report = kb.sync(second, batch_size=3)
+        old_ids, new_ids = (set(ref.read(columns=["chunk_id"])["chunk_id"].to_pylist()) for ref in (first, second))
+        assert report.embedded == len(new_ids - old_ids) > 0 and report.deleted == len(old_ids - new_ids) > 0
+        assert report.unchanged == len(new_ids & old_ids) and report.vectors == second.num_rows
+        assert sorted(kb.chunk_ids()) == sorted(new_ids)
+        assert not kb.sync(second).changed  # the pinned version again: nothing to do

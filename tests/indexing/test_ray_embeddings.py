@@ -8,7 +8,7 @@ from datamate_assets.indexing import build_defs
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
 from datamate_resources.embeddings import RayEmbeddings
-from datamate_resources.io_manager import ParquetIOManager
+from datamate_resources.io_manager import DeltaIOManager
 from datamate_resources.milvus import KnowledgeBase
 from datamate_resources.ray import DatamateRay
 from datamate_resources.storage import ObjectStore
@@ -42,8 +42,9 @@ def test_the_indexed_asset_on_ray_matches_the_local_one(local_ray, tmp_path, lit
         def cleaned() -> pa.Table:
             return docs
 
-        resources = {"io_manager": ParquetIOManager(storage=ObjectStore(url=f"file://{tmp_path / executor}")),
-                     "milvus": lite, "embeddings": embeddings, "ray": DatamateRay()}
+        storage = ObjectStore(url=f"file://{tmp_path / executor}")
+        resources = {"io_manager": DeltaIOManager(storage=storage), "storage": storage, "milvus": lite,
+                     "embeddings": embeddings, "ray": DatamateRay()}
         result = dg.materialize([cleaned, *build_defs(spec).assets], resources=resources)
         assert result.success
         metadata = result.asset_materializations_for_node(f"kb_{executor}__indexed")[0].metadata

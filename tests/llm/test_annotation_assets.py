@@ -10,8 +10,9 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from datamate_assets import annotation
 from datamate_assets.spec import DatasetSpec
+from datamate_resources import tables
 from datamate_resources.embeddings import EmbeddingsResource
-from datamate_resources.io_manager import ParquetIOManager
+from datamate_resources.io_manager import DeltaIOManager
 from datamate_resources.storage import ObjectStore
 from tests.llm.conftest import openai_resource
 
@@ -46,7 +47,7 @@ def materialize(spec: DatasetSpec, store: ObjectStore, llm, selection: list[str]
     result = dg.materialize(
         [cleaned_asset(spec), *defs.assets],
         selection=selection,
-        resources={"storage": store, "io_manager": ParquetIOManager(storage=store), "llm": llm,
+        resources={"storage": store, "io_manager": DeltaIOManager(storage=store), "llm": llm,
                    "embeddings": EmbeddingsResource()},
     )
     assert result.success
@@ -54,7 +55,7 @@ def materialize(spec: DatasetSpec, store: ObjectStore, llm, selection: list[str]
 
 
 def annotated_rows(store: ObjectStore) -> dict[str, dict]:
-    return {r["doc_id"]: r for r in store.read_table("docs", "annotated.parquet").to_pylist()}
+    return {r["doc_id"]: r for r in tables.read_stage(store, "docs", "annotated").to_pylist()}
 
 
 @pytest.fixture
@@ -81,11 +82,16 @@ def test_label_studio_round_trip_with_embedding_topics(store):
     annotated_meta = first.asset_materializations_for_node("docs__annotated")[0].metadata
     assert annotated_meta["documents"].value == 3 and "sports" in annotated_meta["topic_distribution"].value
 
-    # Tasks and config are valid Label Studio imports.
+    # Tasks (JSONL files, each named with its URI in the metadata) and config are valid Label Studio imports.
+    tasks_meta = first.asset_materializations_for_node("docs__label_studio_tasks")[0].metadata
+    assert tasks_meta["task_uris"].value == [store.uri("label_studio", "docs", "tasks-00000.jsonl")]
+    assert tasks_meta["config_uri"].value == store.uri("label_studio", "docs", "config.xml")
     config = store.read_bytes("label_studio", "docs", "config.xml").decode()
-    tasks = json.loads(store.read_bytes("label_studio", "docs", "tasks.json"))
+    lines = store.read_bytes("label_studio", "docs", "tasks-00000.jsonl").decode().splitlines()
+    tasks = [json.loads(line) for line in lines]
     interface = LabelInterface(config)
-    assert len(tasks) == 3
+    assert len(tasks) == 3 and tasks_meta["tasks"].value == 3
+    assert {t["data"]["text"] for t in tasks} == set(DOCS.values())  # each document's text joined to its labels
     for task in tasks:
         assert interface.validate_task({"data": task["data"]})
         assert interface.validate_prediction(task["predictions"][0], return_errors=True) == []

@@ -9,7 +9,8 @@ import pytest
 from datamate_assets import synthesis
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
-from datamate_resources.io_manager import ParquetIOManager
+from datamate_resources import tables
+from datamate_resources.io_manager import DeltaIOManager
 from datamate_resources.storage import ObjectStore
 from operators.recipe import RecipeError
 from operators.synthesis import SYNTHESIZED_COLUMNS, resolve_template
@@ -52,7 +53,7 @@ def chunk_table() -> pa.Table:
 @pytest.fixture
 def storage(tmp_path) -> ObjectStore:
     store = ObjectStore(url=f"file://{tmp_path / 'storage'}")
-    store.write_table(chunk_table(), "synth_test", "chunks.parquet")  # where the io_manager keeps `chunks`
+    tables.write(store, "synth_test", "chunks", chunk_table())
     return store
 
 
@@ -61,7 +62,7 @@ def materialize(spec: DatasetSpec, storage: ObjectStore, llm) -> dg.ExecuteInPro
     return dg.materialize(
         [dg.AssetSpec(key(spec, "chunks")), *defs.assets],
         selection=[key(spec, "synthesized")],
-        resources={"llm": llm, "storage": storage, "io_manager": ParquetIOManager(storage=storage)},
+        resources={"llm": llm, "storage": storage, "io_manager": DeltaIOManager(storage=storage)},
     )
 
 
@@ -70,16 +71,19 @@ def output_metadata(result: dg.ExecuteInProcessResult) -> dict:
     return {name: value.value for name, value in event.materialization.metadata.items()}
 
 
+@pytest.mark.timeout(1800)  # three model calls, which take minutes each on the shared 2-core CI machine
 def test_synthesized_records_keep_lineage_export_jsonl_and_rerun_from_cache(storage, llm_server):
     spec = make_spec(process=[{"document_deduplicator": {"lowercase": True}}])
     llm = openai_resource(llm_server, max_tokens=400)
     first = materialize(spec, storage, llm)
     assert first.success
-    table = storage.read_table("synth_test", "synthesized.parquet")
+    table = tables.read_stage(storage, "synth_test", "synthesized")
     meta = output_metadata(first)
 
-    # Contract columns, lineage back to real chunks, the model and the template version of each kind.
+    # Contract columns, lineage back to real chunks and their table version, the model, the template version of
+    # each kind and the hash of the prompt.
     assert tuple(table.column_names) == SYNTHESIZED_COLUMNS
+    chunks_version = tables.current(storage, "synth_test", "chunks").version
     versions = {kind: resolve_template(kind, "en").version for kind in ("qa", "instruction")}
     chunks = {row["chunk_id"]: row["doc_id"] for row in chunk_table().to_pylist()}
     for row in table.to_pylist():
@@ -87,18 +91,22 @@ def test_synthesized_records_keep_lineage_export_jsonl_and_rerun_from_cache(stor
         assert row["chunk_id"] in {f"chunk-{name}" for name in PASSAGES}  # German and short chunks skipped
         assert row["template_version"] == versions[row["kind"]]
         assert row["model"] == llm.model_name and row["question"] and row["answer"]
-    assert meta["requests"] == 3 and meta["chunks_skipped"] == {
-        "language de, not en": 1, "shorter than 200 characters": 1}
+        assert row["chunks_version"] == chunks_version and len(row["prompt_hash"]) == 16
+    # At most max_records chunks are sampled; each is asked once or skipped with its reason.
+    assert meta["chunks_sampled"] == 3 and meta["requests"] + sum(meta["chunks_skipped"].values()) == 3
+    assert set(meta["chunks_skipped"]) <= {"language de, not en", "shorter than 200 characters"}
 
     # Every request and record is accounted for: kept, or set aside with operator and reason.
-    drops = storage.read_table("synth_test", "synthesized_drops.parquet")
+    drops = tables.read_stage(storage, "synth_test", "synthesized_drops")
     assert meta["records_kept"] == table.num_rows <= 3
-    assert meta["records_generated"] + meta["request_failures"] == table.num_rows + drops.num_rows
+    assert meta["records_generated"] + meta["request_failures"] + meta["records_eliminated"] == (
+        table.num_rows + drops.num_rows)
     assert all(drops.column("reason").to_pylist())
 
-    # JSONL exports hold the same records.
-    alpaca = storage.read_bytes("synth_test", "synthesized.alpaca.jsonl").decode().splitlines()
-    chat = storage.read_bytes("synth_test", "synthesized.openai_chat.jsonl").decode().splitlines()
+    # JSONL exports (sharded, URIs in the metadata) hold the same records.
+    [alpaca_uri], [chat_uri] = meta["export_alpaca"], meta["export_openai_chat"]
+    alpaca = storage.fs.cat_file(alpaca_uri).decode().splitlines()
+    chat = storage.fs.cat_file(chat_uri).decode().splitlines()
     assert [json.loads(line)["instruction"] for line in alpaca] == table.column("question").to_pylist()
     assert [json.loads(line)["messages"][0]["content"] for line in chat] == table.column("question").to_pylist()
 
@@ -106,13 +114,22 @@ def test_synthesized_records_keep_lineage_export_jsonl_and_rerun_from_cache(stor
     second = materialize(spec, storage, llm)
     again = output_metadata(second)
     assert (again["llm_calls"], again["llm_cache_hits"]) == (0, meta["requests"] - meta["request_failures"])
-    assert storage.read_table("synth_test", "synthesized.parquet").equals(table)
+    assert tables.read_stage(storage, "synth_test", "synthesized").equals(table)
+    usage = sorted(tables.read_stage(storage, "synth_test", "llm_usage").to_pylist(), key=lambda u: u["recorded_at"])
+    assert [(u["stage"], u["calls"], u["cache_hits"]) for u in usage] == [
+        ("synthesized", meta["llm_calls"], meta["llm_cache_hits"]), ("synthesized", 0, again["llm_cache_hits"])]
+
+
+def test_short_and_other_language_chunks_are_skipped_with_the_reason():
+    assert synthesis.chunk_skip_reason(GERMAN, "en") == "language de, not en"
+    assert synthesis.chunk_skip_reason("Debian 12 Bookworm.", "en") == "shorter than 200 characters"
+    assert synthesis.chunk_skip_reason(PASSAGES["apt"], "en") is None
 
 
 def test_bad_synthesis_sections_fail_when_definitions_load():
     with pytest.raises(ValueError, match="must use \\{text\\}"):
         synthesis.build_defs(make_spec(templates={"qa": "Ask {count} questions."}))
-    with pytest.raises(ValueError, match="not in synthesis.kinds"):
+    with pytest.raises(ValueError, match="used by none of synthesis.kinds"):
         synthesis.build_defs(make_spec(kinds=["qa"], templates={"cot_qa": "{text}"}))
     with pytest.raises(RecipeError, match="mappers"):
         synthesis.build_defs(make_spec(process=[{"clean_html_mapper": {}}]))

@@ -126,8 +126,8 @@ def test_word_list_filters_reject_unsupported_configuration():
 
     with pytest.raises(OperatorConfigError, match="parameter 'lang'.*no stop-word list"):
         build_operator("stopwords_filter", {"lang": "xx"})
-    with pytest.raises(OperatorConfigError, match="parameter 'tokenization'"):
-        build_operator("words_num_filter", {"tokenization": True})
+    with pytest.raises(OperatorConfigError, match="parameter 'tokenization'.*Hugging Face"):
+        build_operator("alphanumeric_filter", {"tokenization": True})
     with pytest.raises(OperatorConfigError, match="parameter 'encoding'.*offline"):
         build_operator("token_num_filter", {"encoding": "cl100k_base"})
 

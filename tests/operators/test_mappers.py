@@ -109,6 +109,14 @@ CASES = [
         "Please enable JavaScript to view this page.\nShort line.\nAnother full sentence is here!",
         "The cat sat on the mat .\nAnother full sentence is here!",
     ),
+    (
+        "expand_macro_mapper", {},
+        "\\newcommand{\\model}{GPT}\nWe train \\model. The \\model model\\modelx.",
+        "\\newcommand{GPT}{GPT}\nWe train GPT. The GPT model\\modelx.",
+    ),
+    ("chinese_convert_mapper", {"mode": "t2s"}, "這是幾個繁體字", "这是几个繁体字"),
+    ("python_lambda_mapper", {"lambda_str": "lambda d: {'text': d['text'].title()}"}, "war and peace", "War And Peace"),
+    ("python_file_mapper", {}, "identity without a file", "identity without a file"),
 ]
 
 

@@ -16,8 +16,7 @@ import pyarrow as pa
 from datamate_assets import collection
 from datamate_assets.keys import key
 from datamate_assets.spec import load_spec
-from datamate_resources import build_resources
-from datamate_resources.io_manager import asset_parts
+from datamate_resources import build_resources, tables
 from datamate_resources.settings import Settings
 
 
@@ -33,8 +32,8 @@ def collect(spec_path: Path, storage_dir: Path) -> tuple[dg.ExecuteInProcessResu
         raise_on_error=False,
     )
     storage = resources["storage"]
-    collected = storage.read_table(*asset_parts(key(spec, "collected")))
-    rejects = storage.read_table(*asset_parts(key(spec, "collection_rejects")))
+    collected = tables.read_stage(storage, spec.name, "collected")
+    rejects = tables.read_stage(storage, spec.name, "collection_rejects")
     return result, collected, rejects
 
 

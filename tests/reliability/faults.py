@@ -7,10 +7,12 @@ one dataset, a switch that fires inside a stage.
   before it is handled, and after a restart `POST /moto-api/recorder/replay-recording` plays them again, which
   gives the restarted server the objects a real S3 or MinIO would still have. The server is SIGKILLed (its
   whole process group) and restarted on the same port.
-- `table_digest` / `output_digests`: the rows of a stage output, canonical and sorted, hashed, so two runs can
-  be compared record by record (a duplicate or a lost record changes the digest); `VOLATILE` columns hold the
-  time of a run and differ between two runs by design. `file_digests`: every stored byte, for a run compared
-  with its own repetition. `milvus_rows`: what a Milvus Lite collection holds, duplicates included.
+- `table_digest` / `output_digests`: the rows of a stage output (the latest version of its Delta table),
+  canonical and sorted, hashed, so two runs can be compared record by record (a duplicate or a lost record
+  changes the digest); `VOLATILE` columns hold the time of a run and differ between two runs by design.
+  `file_digests`: every stored byte outside the Delta tables (exports, Label Studio tasks, the LLM cache), for a
+  run compared with its own repetition; a table gets a new version per materialization, so tables are compared
+  by content. `milvus_rows`: what a Milvus Lite collection holds, duplicates included.
 """
 
 import contextlib
@@ -29,6 +31,7 @@ import pyarrow as pa
 import requests
 
 from datamate_assets.spec import DatasetSpec
+from datamate_resources import tables
 from datamate_resources.embeddings import EmbeddingsResource
 from datamate_resources.storage import ObjectStore
 from tests.servers import free_port, stop_process_group, wait_for_port
@@ -115,20 +118,22 @@ def table_digest(table: pa.Table, drop: frozenset[str] = VOLATILE) -> str:
 
 def output_digests(storage: ObjectStore, dataset: str, stages: list[str],
                    drop: frozenset[str] = VOLATILE) -> dict[str, tuple[int, str]]:
-    """stage → (rows, digest) of each stored output `<dataset>/<stage>.parquet`."""
+    """stage → (rows, digest) of each stored output, the latest version of the Delta table `<dataset>/<stage>`."""
     digests = {}
     for stage in stages:
-        table = storage.read_table(dataset, f"{stage}.parquet")
-        assert table is not None, f"{storage.uri(dataset, stage + '.parquet')} was never written"
+        table = tables.read_stage(storage, dataset, stage)
+        assert table is not None, f"{tables.table_uri(storage, dataset, stage)} was never written"
         digests[stage] = (table.num_rows, table_digest(table, drop))
     return digests
 
 
 def file_digests(storage: ObjectStore) -> dict[str, str]:
-    """Every object under the storage root (outputs, exports, drops, the LLM cache) → sha256 of its bytes."""
-    root = storage.path()
+    """Every object under the storage root outside the Delta tables (exports, Label Studio tasks, the LLM cache)
+    → sha256 of its bytes."""
+    root, paths = storage.path(), storage.list()
+    table_roots = {path.split("/_delta_log/")[0] + "/" for path in paths if "/_delta_log/" in path}
     return {path[len(root) + 1:]: hashlib.sha256(storage.fs.cat_file(path)).hexdigest()
-            for path in storage.list()}
+            for path in paths if not any(path.startswith(table) for table in table_roots)}
 
 
 def milvus_rows(path: Path, dataset: str) -> list[tuple[str, str, str]]:

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from datamate_assets.spec import DatasetSpec
-from datamate_resources import build_resources, open_storage
+from datamate_resources import build_resources, open_storage, tables
 from datamate_resources.settings import Settings
 from tests.conftest import REPO, S3_KEYS
 from tests.llm.conftest import FlakyServer, openai_resource
@@ -93,13 +93,15 @@ def test_s3_endpoint_killed_mid_run_then_restarted(tmp_path, restartable_s3):
     assert not faulted.success
     failures = run_failures(faulted)
     assert list(failures) == ["s3_fault__annotated"], failures
-    # The error names the endpoint and the object being written.
-    assert f"Could not connect to the endpoint URL: \"{s3.url}/{bucket}/faulted/s3_fault/annotated.parquet" \
-        in failures["s3_fault__annotated"], failures
+    # The error names the endpoint and the table being written.
+    assert s3.url.split("://")[1] in failures["s3_fault__annotated"], failures
+    assert f"{bucket}/faulted/s3_fault/annotated" in failures["s3_fault__annotated"], failures
 
     s3.restart()  # same port; the recording gives back every object the dead server had acknowledged
     storage = open_storage(settings("faulted"))
-    assert storage.exists(spec.name, "cleaned.parquet") and not storage.exists(spec.name, "annotated.parquet")
+    # The write that failed left no version behind: a reader sees no `annotated` table at all.
+    assert tables.current(storage, spec.name, "cleaned") is not None
+    assert tables.current(storage, spec.name, "annotated") is None
 
     again = materialize("faulted")
     assert again.success, run_failures(again)
@@ -159,7 +161,10 @@ def test_whole_graph_twice_changes_nothing_and_calls_no_model(tmp_path, journale
 
     first = dg.materialize(assets, resources=resources, instance=instance, raise_on_error=False)
     assert first.success, run_failures(first)
+    table_stages = [s for s in stages if s not in ("indexed", "label_studio_tasks")]  # the others are tables
     before, meta = file_digests(storage), materialized(first)
+    records_before = output_digests(storage, spec.name, table_stages, drop=frozenset())
+    assert any(path.startswith("label_studio/twice/tasks-") for path in before), sorted(before)
     calls = len(journaled_llm.requests())
     assert meta["synthesized"]["llm_calls"] >= 2 and meta["evaluation"]["judge_llm_calls"] >= 1
     assert calls >= meta["synthesized"]["llm_calls"] + meta["evaluation"]["judge_llm_calls"]
@@ -182,7 +187,9 @@ def test_whole_graph_twice_changes_nothing_and_calls_no_model(tmp_path, journale
     assert (again["indexed"]["embedded"], again["indexed"]["vectors"]) == (0, meta["indexed"]["vectors"])
     assert (again["collected"]["new"], again["collected"]["changed"]) == (0, 0)
     assert again["cleaned"]["processed"] == 0
-    # Not one byte changed in storage: stage outputs, exports, drops, Label Studio tasks, the LLM cache.
+    # Not one record changed in any stage table (each has a new version, with the same rows), and not one byte
+    # in the other stored files: Label Studio tasks and config, the LLM cache.
+    assert output_digests(storage, spec.name, table_stages, drop=frozenset()) == records_before
     after = file_digests(storage)
     assert sorted(after) == sorted(before)
     assert {path for path in before if after[path] != before[path]} == set()

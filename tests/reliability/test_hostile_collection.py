@@ -12,10 +12,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from datamate_assets.spec import load_specs
+from datamate_resources import tables
+from datamate_resources.storage import ObjectStore
 from tests.conftest import REPO
 from tests.reliability.collect import collect, collected_metadata
 from tests.reliability.hostile import (
@@ -233,6 +234,6 @@ def test_a_jsonl_with_broken_lines_is_streamed_with_memory_proportional_to_the_o
     assert report["success"]
     assert (report["collected"], report["rejected"], report["inputs"]) == (good, broken, good + broken)
     assert report["reasons"] == ["parse_error"]
-    table = pq.read_table(storage / "lines" / "collected.parquet")
+    table = tables.read_stage(ObjectStore(url=f"file://{storage}"), "lines", "collected")
     # Generous: four times the in-memory size of the output table itself.
     assert report["peak_rss_mb"] < baseline_rss + 4 * table.nbytes / MB, (report, table.nbytes / MB)

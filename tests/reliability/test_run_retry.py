@@ -1,5 +1,5 @@
 """The run worker is SIGKILLed in the middle of a stage and the instance's run retries bring the run to completion,
-with the repository's `dagster.yaml` (QueuedRunCoordinator, `run_retries: max_retries 2`, run monitoring) and
+with `deploy/local/dagster.yaml` (QueuedRunCoordinator, `run_retries: max_retries 2`, run monitoring) and
 the real `dagster-daemon`. The run is launched as the UI launches it (queued, dequeued by the daemon, started by
 the code server in a run worker process); the code server sees its run worker die and marks the run failed; the
 daemon's run retries launch a retry from failure; the outputs then equal a clean run's record for record, and
@@ -108,7 +108,8 @@ def killed_run_case(tmp_path, monkeypatch, gated_embeddings) -> KilledRunCase:
     }))
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", dagster_home / "dagster.yaml")  # the shipped instance config, run retries on
+    # the shipped instance config, run retries on
+    shutil.copy(REPO / "deploy" / "local" / "dagster.yaml", dagster_home / "dagster.yaml")
     environment = {
         "DAGSTER_HOME": str(dagster_home), "DATAMATE_DATASETS_DIR": str(datasets),
         "DATAMATE_EMBEDDINGS_BASE_URL": gated_embeddings.base_url, "DATAMATE_EMBEDDINGS_MODEL": "minilm",
@@ -226,3 +227,61 @@ def test_run_worker_killed_mid_stage_is_retried_by_the_daemon(tmp_path, killed_r
     vectors = case.vectors()
     assert len({chunk_id for chunk_id, _, _ in vectors}) == len(vectors) == case.chunks
     assert vectors == case.expected_vectors
+
+
+# --- a Delta write killed mid-stream ------------------------------------------------------------------
+TABLE_WRITER = REPO / "tests" / "core" / "table_writer.py"
+
+
+@pytest.fixture(params=["local", "s3"])
+def table_storage(request, tmp_path):
+    from datamate_resources.storage import ObjectStore
+
+    if request.param == "local":
+        return ObjectStore(url=f"file://{tmp_path / 'storage'}")
+    endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("s3_bucket")
+    return ObjectStore(url=f"s3://{bucket}/root", endpoint_url=endpoint)
+
+
+@pytest.mark.timeout(2 * TIMEOUT)
+def test_writer_killed_mid_stream_leaves_the_last_committed_version(tmp_path, table_storage):
+    """SIGKILL while `tables.write` consumes a slow generator: readers see the previous version, whole; the
+    write run again commits exactly one version; housekeeping then deletes what the killed writer left."""
+    import pyarrow as pa
+
+    from datamate_resources import tables
+
+    storage = table_storage
+    seed = pa.table({"writer": ["seed"] * 3, "n": [0, 1, 2]})
+    tables.write(storage, "demo", "cleaned", seed)
+    ready = tmp_path / "ready"
+    args = [sys.executable, str(TABLE_WRITER), storage.url, "demo", "cleaned", "killed", "--batches", "100000",
+            "--ready", str(ready), "--delay", "0.001"]
+    if storage.endpoint_url:
+        args += ["--endpoint", storage.endpoint_url]
+    log = tmp_path / "writer.log"
+    with background_process(args, log, cwd=REPO, env={"PYTHONPATH": str(REPO)}) as writer:
+        deadline = time.monotonic() + TIMEOUT
+        while not ready.exists():
+            assert writer.poll() is None, tail(log)
+            assert time.monotonic() < deadline, f"the writer did not start\n{tail(log)}"
+            time.sleep(0.1)
+        time.sleep(3)  # thousands of rows are streaming into the table's files
+        assert writer.poll() is None, f"the writer finished before it was killed\n{tail(log)}"
+        os.killpg(writer.pid, signal.SIGKILL)
+        writer.wait(timeout=60)
+    assert writer.returncode == -signal.SIGKILL
+
+    ref = tables.current(storage, "demo", "cleaned")
+    assert ref.version == 0 and ref.read().equals(seed)  # no partial data is visible
+    again = tables.write(storage, "demo", "cleaned", pa.table({"writer": ["retry"], "n": [0]}), run_id="retry")
+    assert again.version == 1 and [v["version"] for v in tables.versions(again)] == [1, 0]
+    assert tables.read_stage(storage, "demo", "cleaned", version=0).equals(seed)
+
+    done = tables.housekeep(storage, "demo", "cleaned", keep_versions=2, keep_days=None, compact=False,
+                            min_file_age_hours=0)
+    data_files = {path.rsplit("/", 1)[-1] for path in storage.list("demo", "cleaned", pattern="*.parquet")}
+    referenced = {uri.rsplit("/", 1)[-1] for version in (0, 1)
+                  for uri in tables.current(storage, "demo", "cleaned", version).delta().file_uris()}
+    assert data_files == referenced, done  # the killed writer's files (if it had flushed any) are gone
+    print(f"housekeeping removed {done['files_removed']} file(s), {done['bytes_removed']} bytes, of the killed write")

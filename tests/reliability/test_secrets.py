@@ -142,9 +142,12 @@ def test_no_secret_in_logs_events_run_config_metadata_or_storage(
                            pg_database.rsplit("/", 1)[1]], capture_output=True, text=True, timeout=300)
     assert dump.returncode == 0, dump.stderr
     found += leaks(dump.stdout, "pg_dump of the Dagster database")
-    # The stored outputs (collected metadata, rejects details), decompressed.
+    # The stored outputs (collected metadata, rejects details), decompressed: the Delta tables' Parquet data files
+    # and their _delta_log JSON commits (which carry the run id and the writer's parameters).
     stored = s3.list_objects_v2(Bucket=s3_bucket, Prefix="storage/").get("Contents", [])
-    assert any(item["Key"].endswith("collected.parquet") for item in stored)
+    assert any(item["Key"].startswith("storage/leaky/collected/_delta_log/") for item in stored)
+    assert any(item["Key"].startswith("storage/leaky/collected/") and item["Key"].endswith(".parquet")
+               for item in stored)
     for item in stored:
         body = s3.get_object(Bucket=s3_bucket, Key=item["Key"])["Body"].read()
         text = str(pq.read_table(io.BytesIO(body)).to_pylist()) if item["Key"].endswith(".parquet") else body.decode(
@@ -152,5 +155,49 @@ def test_no_secret_in_logs_events_run_config_metadata_or_storage(
         found += leaks(text, f"s3://{s3_bucket}/{item['Key']}")
     assert not found, "\n".join(sorted(set(found)))
     # Positive control: what the runs did is readable in the places searched (the search can find things).
-    assert f"s3://{s3_bucket}/storage/leaky/collected.parquet" in dump.stdout
+    assert f"s3://{s3_bucket}/storage/leaky/collected" in dump.stdout
     assert "no_such_table" in dump.stdout
+
+
+def test_no_secret_in_a_dataset_components_definitions(tmp_path, monkeypatch):
+    """The component path: `{{ env.X }}` templates fill in the non-secret parts of a defs.yaml when it loads, a SQL
+    source names its URL's variable, the resources take their keys by reference; the whole repository snapshot
+    (what the webserver and every run see) holds no secret, and a template naming a secret is refused."""
+    from dagster._core.remote_representation.external_data import RepositorySnap
+
+    from datamate_assets.definitions import error_text
+
+    for name, value in {**SECRETS, "LEAKY_SQL_URL": f"postgresql://reader:{PG_PASSWORD}@127.0.0.1/db",
+                        "DOCS_DIR": str(tmp_path), "DATAMATE_HOME": str(tmp_path / "home"),
+                        "DATAMATE_STORAGE_URL": "s3://datamate/storage",
+                        "DATAMATE_MILVUS_URI": "http://127.0.0.1:19530"}.items():
+        monkeypatch.setenv(name, value)
+    module = f"secretproj_{TAG}"
+    folder = tmp_path / "project" / module / "defs" / "leaky"
+    folder.mkdir(parents=True)
+    (tmp_path / "project" / "pyproject.toml").write_text(
+        f'[project]\nname = "{module}"\nversion = "0"\n[tool.dg]\ndirectory_type = "project"\n'
+        f'[tool.dg.project]\nroot_module = "{module}"\n')
+    for package in (folder.parents[1], folder.parent):
+        (package / "__init__.py").write_text("")
+    defs_yaml = textwrap.dedent("""\
+        type: datamate_assets.DatasetComponent
+        attributes:
+          sources:
+            - {type: folder, path: "{{ env.DOCS_DIR }}"}
+            - {type: sql, url_env: LEAKY_SQL_URL, query: "SELECT id, body AS text FROM articles"}
+          cleaning: {process: [{text_length_filter: {min_len: 10}}]}
+          index: {chunk_size: 200}
+          synthesis: {max_records: 1}
+    """)
+    (folder / "defs.yaml").write_text(defs_yaml)
+    monkeypatch.syspath_prepend(str(tmp_path / "project"))
+    defs = dg.load_from_defs_folder(path_within_project=tmp_path / "project")
+    repository = defs.get_repository_def()
+    assert dg.AssetKey(["leaky", "synthesized"]) in repository.asset_graph.get_all_asset_keys()
+    assert leaks(serialize_value(RepositorySnap.from_def(repository)), "repository snapshot") == []
+
+    (folder / "defs.yaml").write_text(defs_yaml.replace('"{{ env.DOCS_DIR }}"', '"{{ env.AWS_SECRET_ACCESS_KEY }}"'))
+    with pytest.raises(Exception) as raised:
+        dg.load_from_defs_folder(path_within_project=tmp_path / "project")
+    assert "AWS_SECRET_ACCESS_KEY }} would put a secret" in error_text(raised.value)

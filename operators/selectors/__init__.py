@@ -1,0 +1,1 @@
+"""Selectors: dataset-level choice of records from field values. Every module here registers on import."""
