@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
+import grpc
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -149,7 +150,9 @@ class Backend:
                 if self._client is None:
                     self._client = self.milvus.connect_server()
             yield self._client
-        except (MilvusUnavailableError, MilvusException) as error:
+        except (MilvusUnavailableError, MilvusException, grpc.RpcError) as error:
+            # a raw gRPC error (e.g. DEADLINE_EXCEEDED while a restarted server loads its collections) is a backend
+            # failure too, not a 500
             self.reset()
             message = error.message if isinstance(error, MilvusException) else str(error)
             raise MilvusUnavailableError(message if self.where in message else f"{self.where}: {message}") from error

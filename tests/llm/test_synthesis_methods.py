@@ -29,7 +29,8 @@ def storage(tmp_path):
     return store
 
 
-@pytest.mark.timeout(2400)  # ~10 model calls; the shared 2-core CI machine makes each one slow
+@pytest.mark.e2e  # ~7 min of CPU model calls: in `make test-e2e`, not CI
+@pytest.mark.timeout(2400)
 def test_every_new_kind_gives_schema_valid_records_with_provenance_and_reruns_from_cache(storage, llm_server,
                                                                                           tmp_path):
     seed_file = tmp_path / "seeds.jsonl"
