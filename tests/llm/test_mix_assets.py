@@ -3,10 +3,10 @@
 import json
 
 import dagster as dg
+import datasets
 import pyarrow as pa
 import pytest
 
-import datasets
 from datamate_assets import mix
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
