@@ -60,6 +60,7 @@ bench: install
 	$(VENV)/bin/python -m bench.cleaning --sizes 10000,100000
 	$(VENV)/bin/python -m bench.indexing
 	$(VENV)/bin/python -m bench.llm_local
+	$(VENV)/bin/python -m bench.synthesis_methods --chunks 2 --rounds 1 --turns 2
 	$(VENV)/bin/python -m bench.ray_scaling
 
 clean:

@@ -4,11 +4,13 @@ On a synthetic web corpus with planted exact and near duplicates (bench/corpus.p
 1. near-dedup: our MinHash + LSH vs datasketch's MinHashLSH with the same num_perm/bands/rows, speed ratio and
    precision/recall of both against exact Jaccard (over planted pairs and every pair either method reports);
 2. the web-cleaning recipe (bench/web_recipe.yaml) plus perplexity_filter at each size: docs/s, peak memory
-   (each size in its own process, so peak RSS is that size's) and perplexity_filter's CPU microseconds per
+   (each size in its own process; RSS summed over it and its workers, sampled, as for Data-Juicer's
+   processes) and perplexity_filter's CPU microseconds per
    document; its KenLM and SentencePiece models are the tiny ones the tests build (tests/language_models.py),
    given to Data-Juicer too (DATA_JUICER_MODELS_CACHE);
 3. with --data-juicer: the same recipe with Data-Juicer (bench/.venv-dj, created here) on the same data and the
-   same number of processes.
+   same number of processes: docs/s and peak memory of both, and their ratios.
+`--near-dedup-docs 0` skips step 1.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.scale import peak_tree_rss
 
 BENCH = Path(__file__).resolve().parent
 DATA = BENCH / ".data"
@@ -198,13 +203,27 @@ def data_juicer(n_docs: int, num_proc: int) -> dict:
     DATA.mkdir(exist_ok=True)
     ensure_models()
     config = data_juicer_recipe(n_docs, num_proc, DATA)
-    started = time.perf_counter()
-    run = subprocess.run([str(DJ_VENV / "bin" / "dj-process"), "--config", str(config)], capture_output=True,
-                         text=True)
-    seconds = time.perf_counter() - started
-    if run.returncode != 0:
-        return {"docs": n_docs, "error": "dj-process failed: " + run.stderr[-800:]}
-    return {"docs": n_docs, "seconds": round(seconds, 1), "docs_per_s": round(n_docs / seconds)}
+    log = DATA / f"dj-{n_docs}.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen([str(DJ_VENV / "bin" / "dj-process"), "--config", str(config)], stdout=handle,
+                                   stderr=subprocess.STDOUT)
+        peak, seconds = peak_tree_rss(process)
+    if process.returncode != 0:
+        return {"docs": n_docs, "error": "dj-process failed: " + log.read_text()[-800:]}
+    return {"docs": n_docs, "seconds": round(seconds, 1), "docs_per_s": round(n_docs / seconds),
+            "peak_tree_rss_mb": peak // 2**20}
+
+
+def ours_in_subprocess(size: int, num_proc: int) -> dict:
+    """One size in a fresh process; peak RSS summed over it and its worker processes (as for Data-Juicer)."""
+    with tempfile.TemporaryFile("w+") as out:
+        process = subprocess.Popen([sys.executable, "-m", "bench.cleaning", "--only-recipe", str(size),
+                                    "--num-proc", str(num_proc)], stdout=out, cwd=BENCH.parent)
+        peak, _ = peak_tree_rss(process)
+        if process.returncode != 0:
+            raise SystemExit(f"our recipe run failed at {size} documents (exit {process.returncode})")
+        out.seek(0)
+        return {**json.loads(out.read().strip().splitlines()[-1]), "peak_tree_rss_mb": peak // 2**20}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,20 +238,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_recipe(args.only_recipe, args.num_proc)))
         return 0
 
-    report = {"near_dedup": near_dedup_comparison(args.near_dedup_docs)}
-    print("near-dedup:", json.dumps(report["near_dedup"]), flush=True)
+    report = {}
+    if args.near_dedup_docs:  # 0 skips it
+        report["near_dedup"] = near_dedup_comparison(args.near_dedup_docs)
+        print("near-dedup:", json.dumps(report["near_dedup"]), flush=True)
     report["recipe"] = []
     for size in map(int, args.sizes.split(",")):
-        line = subprocess.run([sys.executable, "-m", "bench.cleaning", "--only-recipe", str(size),
-                               "--num-proc", str(args.num_proc)], capture_output=True, text=True, check=True,
-                              cwd=BENCH.parent).stdout.strip().splitlines()[-1]
-        report["recipe"].append(json.loads(line))
-        print("recipe:", line, flush=True)
+        report["recipe"].append(ours_in_subprocess(size, args.num_proc))
+        print("recipe:", json.dumps(report["recipe"][-1]), flush=True)
         if args.data_juicer:
             theirs = data_juicer(size, args.num_proc)
             report.setdefault("data_juicer", []).append(theirs)
             ours = report["recipe"][-1]
-            ratio = f", ratio {ours['docs_per_s'] / theirs['docs_per_s']:.2f}x" if "docs_per_s" in theirs else ""
+            ratio = (f", speed ratio {ours['docs_per_s'] / theirs['docs_per_s']:.2f}x, peak memory ratio "
+                     f"{ours['peak_tree_rss_mb'] / theirs['peak_tree_rss_mb']:.2f}") if "docs_per_s" in theirs else ""
             print("data-juicer:", json.dumps(theirs) + ratio, flush=True)
     sizes = report["recipe"]
     if len(sizes) > 1:

@@ -19,6 +19,7 @@ import json
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import dagster as dg
@@ -27,10 +28,12 @@ import numpy as np
 import pyarrow as pa
 
 from datamate_assets.keys import key
+from datamate_assets.ray_stages import ray_metadata, run_on_ray
 from datamate_assets.spec import AnnotationSection, DatasetSpec
 from datamate_resources import tables
-from datamate_resources.embeddings import EmbeddingsResource
+from datamate_resources.embeddings import EmbeddingsResource, fit_to_actor
 from datamate_resources.llm import LLMResource
+from datamate_resources.ray import DatamateRay
 from datamate_resources.storage import ObjectStore
 from datamate_resources.tables import TableRef
 from operators.annotation import label_studio
@@ -86,8 +89,7 @@ class TopicLabeler:
         if not self.labels or not texts:
             return [None] * len(texts)
         if self.model is not None:
-            doc_vectors = np.asarray(self.model.embed_documents([t[:EMBEDDING_TEXT_CHARS] for t in texts]))
-            return topic_labels_from_embeddings(doc_vectors, self.label_vectors, self.labels, self.source)
+            return embedding_topics(self.model, self.label_vectors, self.labels, self.source, texts)
         results = self.client.generate_structured([topic_messages(t, self.labels) for t in texts],
                                                   topic_schema(self.labels), cache_key_extra="annotation.topic.v1")
         return [label(r.value.topic, r.value.confidence, self.source) if r.ok
@@ -95,6 +97,35 @@ class TopicLabeler:
 
     def metadata(self) -> dict:
         return self.client.usage.as_metadata() if self.client is not None else {}
+
+
+def embedding_topics(model, label_vectors: np.ndarray, labels: list[str], source: str, texts: list[str]) -> list:
+    doc_vectors = np.asarray(model.embed_documents([t[:EMBEDDING_TEXT_CHARS] for t in texts]))
+    return topic_labels_from_embeddings(doc_vectors, label_vectors, labels, source)
+
+
+class ShardAnnotator:
+    """`annotate` as a shard processor (`operators.ray_shards`) for `annotation.executor: ray`: the embedding
+    model and the label vectors are made once per Ray actor; the counters fold into `AnnotationTotals`."""
+
+    def __init__(self, section: AnnotationSection, human: dict[str, dict], make_model, model_name: str):
+        self.section, self.human, self.make_model = section, human, make_model
+        self.source = f"embeddings:{model_name}"
+        self.model = self.label_vectors = None
+
+    def __call__(self, documents: pa.Table) -> tuple[pa.Table, dict]:
+        texts = documents.column("text").to_pylist()
+        topics = [None] * len(texts)
+        if self.section.labels and texts:
+            if self.model is None:
+                self.model = fit_to_actor(self.make_model())
+                self.label_vectors = np.asarray(
+                    self.model.embed_documents([label_description(n) for n in self.section.labels]))
+            topics = embedding_topics(self.model, self.label_vectors, self.section.labels, self.source, texts)
+        batch = annotate(documents, self.section, topics, self.human)
+        totals = AnnotationTotals()
+        totals.add(batch, topics)
+        return pa.Table.from_batches([batch]), vars(totals)
 
 
 def latest_human_labels(human: pa.Table | None) -> dict[str, dict[str, dict]]:
@@ -151,6 +182,14 @@ class AnnotationTotals:
         self.languages.update(batch.column("language").to_pylist())
         self.topics.update(batch.column("topic").to_pylist())
 
+    @classmethod
+    def folded(cls, counters: dict) -> "AnnotationTotals":
+        """The totals of a run on Ray, from its shards' folded `vars(totals)`."""
+        totals = cls()
+        for name, value in counters.items():
+            setattr(totals, name, Counter(value) if isinstance(value, dict) else value)
+        return totals
+
 
 def join_tasks(db: duckdb.DuckDBPyConnection, cleaned: TableRef, annotated: TableRef) -> list[str]:
     """Declares the `tasks` view (each annotated document with its text) in `db`; returns the languages seen.
@@ -187,19 +226,39 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
     annotated_key, human_key = key(spec, "annotated"), key(spec, "human_labels")
     assets = []
 
-    @dg.asset(
-        key=annotated_key, group_name=spec.name, kinds={"delta"},
-        ins={"cleaned": dg.AssetIn(key(spec, "cleaned"))},
-        deps=[human_key] if studio else [],
-        description="Per document: language (lingua), topic from the spec's labels, quality score; `labels` "
-                    "holds every label with its source and confidence, human labels from Label Studio win.",
-    )
-    def annotated(context: dg.AssetExecutionContext, llm: LLMResource, embeddings: EmbeddingsResource,
-                  storage: ObjectStore, cleaned: TableRef):
+    def label_documents(context: dg.AssetExecutionContext, llm: LLMResource, embeddings: EmbeddingsResource,
+                        storage: ObjectStore, cleaned: TableRef, ray: DatamateRay | None):
         # The human labels table through the table API rather than as an input: without a label_studio section
         # there is no such asset. It holds what people labeled, small next to the corpus.
         human_ref = tables.current(storage, spec.name, "human_labels") if studio else None
         human = latest_human_labels(human_ref.read() if human_ref is not None else None)
+        if ray is not None:
+            # Ray actors read shards of the cleaned version, label them and write the parts; this process commits.
+            context.log.info(f"Annotating {cleaned.num_rows} documents on Ray")
+            annotator = partial(ShardAnnotator, section, human, embeddings.model_factory(), embeddings.model_name)
+            ref, run = run_on_ray(context, ray, storage, spec.name, "annotated", cleaned, ["doc_id", "text"],
+                                  annotator, ANNOTATED_SCHEMA, section.ray)
+            totals, extra = AnnotationTotals.folded(run.counters), ray_metadata(run)
+        else:
+            ref, totals, extra = label_here(context, llm, embeddings, storage, cleaned, human)
+        context.log.info(f"{totals.documents} documents annotated, {totals.topic_failed} topics failed, "
+                         f"{totals.human_labeled} with human labels")
+        metadata = {
+            "documents": totals.documents,
+            "human_labeled": totals.human_labeled,
+            "topic_failed": totals.topic_failed,
+            "cleaned_version": cleaned.version,
+            **({"human_labels_version": human_ref.version} if human_ref is not None else {}),
+            "language_distribution": dg.MetadataValue.md(distribution(totals.languages, "language")),
+            **({"topic_distribution": dg.MetadataValue.md(distribution(totals.topics, "topic"))}
+               if section.labels else {}),
+            "executor": section.executor,
+            **extra,
+        }
+        return dg.Output(ref, metadata=metadata)
+
+    def label_here(context: dg.AssetExecutionContext, llm: LLMResource, embeddings: EmbeddingsResource,
+                   storage: ObjectStore, cleaned: TableRef, human: dict) -> tuple[TableRef, AnnotationTotals, dict]:
         context.log.info(f"Annotating {cleaned.num_rows} documents in batches of {DOCUMENT_BATCH}")
         # Opened (first batch read) before the models load, so a failing store fails fast, before model work.
         documents_in = cleaned.batches(columns=["doc_id", "text"], batch_size=DOCUMENT_BATCH)
@@ -215,20 +274,25 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
 
         ref = tables.write(storage, spec.name, "annotated", batches(), schema=ANNOTATED_SCHEMA,
                            run_id=context.run.run_id)
-        context.log.info(f"{totals.documents} documents annotated, {totals.topic_failed} topics failed, "
-                         f"{totals.human_labeled} with human labels")
-        metadata = {
-            "documents": totals.documents,
-            "human_labeled": totals.human_labeled,
-            "topic_failed": totals.topic_failed,
-            "cleaned_version": cleaned.version,
-            **({"human_labels_version": human_ref.version} if human_ref is not None else {}),
-            "language_distribution": dg.MetadataValue.md(distribution(totals.languages, "language")),
-            **({"topic_distribution": dg.MetadataValue.md(distribution(totals.topics, "topic"))}
-               if section.labels else {}),
-            **labeler.metadata(),
-        }
-        return dg.Output(ref, metadata=metadata)
+        return ref, totals, labeler.metadata()
+
+    # Only datasets that annotate on Ray ask for the Ray resource, so a local run never starts Ray.
+    if section.executor == "ray":
+        def compute(context: dg.AssetExecutionContext, llm: LLMResource, embeddings: EmbeddingsResource,
+                    storage: ObjectStore, cleaned: TableRef, ray: DatamateRay):
+            return label_documents(context, llm, embeddings, storage, cleaned, ray)
+    else:
+        def compute(context: dg.AssetExecutionContext, llm: LLMResource, embeddings: EmbeddingsResource,
+                    storage: ObjectStore, cleaned: TableRef):
+            return label_documents(context, llm, embeddings, storage, cleaned, None)
+
+    annotated = dg.asset(
+        key=annotated_key, group_name=spec.name, kinds={"delta"},
+        ins={"cleaned": dg.AssetIn(key(spec, "cleaned"))},
+        deps=[human_key] if studio else [],
+        description="Per document: language (lingua), topic from the spec's labels, quality score; `labels` "
+                    "holds every label with its source and confidence, human labels from Label Studio win.",
+    )(compute)
 
     assets.append(annotated)
 

@@ -7,6 +7,7 @@ as they are; only new or changed documents run, deduplicated against the previou
 are merged in (removed documents deleted). A recipe change changes the code version and reprocesses all.
 """
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Callable, Iterator
@@ -28,7 +29,8 @@ from datamate_resources.tables import TableRef
 from operators.analysis import quantile_table, sample_batches, summarize
 from operators.dj_config import load_config
 from operators.evaluation.report import markdown_image
-from operators.recipe import STATS, Recipe, StepStats, run_ray, stats_type
+from operators.ray_exec import Destination, Outputs, Part, Source, identity_of, read_parts, run_ray_tables
+from operators.recipe import STATS, Recipe, StepStats, stats_type
 from operators.stream import INDEX_SCHEMA, ParquetSink, run_stream
 
 DROPS_COLUMNS = ["doc_id", "source_uri", "operator", "reason", "text"]
@@ -74,29 +76,27 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         recipe = Recipe.from_process(section.process, section.text_key)
     cleaned_key, drops_key = key(spec, "cleaned"), key(spec, "cleaning_drops")
 
-    def clean(context: dg.AssetExecutionContext, storage: ObjectStore, collected: TableRef, on_ray: bool):
+    def clean(context: dg.AssetExecutionContext, storage: ObjectStore, collected: TableRef, ray_name: str | None):
         plan = Plan.make(storage, spec.name, recipe, collected)
         context.log.info(f"{plan.new_count} new or changed documents to clean, {plan.reused} reused, "
                          f"{plan.removed_count} removed (recipe {recipe.hash})")
         with tempfile.TemporaryDirectory(prefix="datamate-cleaning-") as work:
             kept, drops = ParquetSink(Path(work) / "kept.parquet"), ParquetSink(Path(work) / "drops.parquet")
-            if on_ray and not plan.incremental:
-                # TODO(#14): Ray workers read and write the tables themselves; today the new documents pass here.
-                result = run_ray(recipe, pa.Table.from_batches(list(plan.new_batches()), collected.schema),
-                                 log=context.log.info)
-                kept.write(result.kept)
-                drops.write(result.drops)
-                stats = result.stats
-            else:
-                if on_ray:  # incremental dedup against the published documents runs in this process (#14)
-                    context.log.info("incremental run: using the local executor for the new documents")
+            index_parts = None
+            if ray_name is not None and plan.new_count:
+                # Ray workers read `collected` and write the results; only statistics and file names come back.
+                kept, drops, index_parts, stats = _clean_on_ray(storage, spec.name, recipe, plan, ray_name,
+                                                                context.run.run_id, context.log.info)
+            else:  # (on Ray with nothing new, there is nothing to send: the removals are applied here)
                 stats = run_stream(recipe, plan.new_batches(), Path(work), kept, drops, index=plan.signatures(),
                                    identity=_identity, num_proc=section.num_proc, log=context.log.info).stats
-            kept.close()
-            drops.close()
+                kept.close()
+                drops.close()
             plots = _statistics(recipe, kept, drops)
             cleaned_ref, drops_ref, index_ref = plan.commit(storage, spec.name, Path(work), kept, drops,
-                                                             context.run.run_id)
+                                                             context.run.run_id, index_parts)
+            if index_parts is not None:
+                _remove_scratch(storage, spec.name, context.run.run_id)
         cumulative = _cumulative(context, cleaned_key, stats, plan.incremental)
         metadata = {**_metadata(recipe, plan, stats, cumulative, kept.rows, drops.rows), **plots}
         if index_ref is not None:  # kept beside the table it indexes; `datamate datasets` lists it too
@@ -113,10 +113,10 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
     # Only datasets that run on Ray ask for the Ray resource, so a local run never starts Ray.
     if section.executor == "ray":
         def compute(context: dg.AssetExecutionContext, storage: ObjectStore, ray: DatamateRay, collected: TableRef):
-            yield from clean(context, storage, collected, on_ray=True)
+            yield from clean(context, storage, collected, ray_name=ray.name)
     else:
         def compute(context: dg.AssetExecutionContext, storage: ObjectStore, collected: TableRef):
-            yield from clean(context, storage, collected, on_ray=False)
+            yield from clean(context, storage, collected, ray_name=None)
 
     cleaning = dg.multi_asset(
         name=f"{spec.name}_cleaning",
@@ -142,8 +142,7 @@ INDEX_STAGE = "dedup_index"  # the signature index of the published documents, b
 def _identity(table: pa.Table | pa.RecordBatch) -> pa.Array:
     """A document is the same when both its text (doc_id) and its source are: identical copies from two sources
     are two inputs, and one of them is a duplicate."""
-    columns = [pc.cast(table.column(name), pa.string()) for name in IDENTITY]
-    return pc.binary_join_element_wise(*columns, "\x1f")
+    return identity_of(table, IDENTITY)
 
 
 class Plan:
@@ -190,20 +189,30 @@ class Plan:
                     yield batch
         return rows
 
-    def commit(self, storage: ObjectStore, dataset: str, work: Path, kept: ParquetSink, drops: ParquetSink,
-               run_id: str) -> tuple[TableRef, TableRef, TableRef | None]:
-        """One version per table: written whole on a first run, merged (insert new, delete removed) after; the
-        signature index rewritten whenever anything changed."""
+    def schemas(self) -> tuple[pa.Schema, pa.Schema]:
+        """The `cleaned` and `cleaning_drops` tables' schemas."""
         # per-document filter statistics (Data-Juicer's __dj__stats__) ride along in both tables, to re-tune by
         stats = [pa.field(STATS, stats_type(self.recipe.operators))] if stats_type(self.recipe.operators) else []
         kept_schema = pa.schema([*(f for f in self.collected.schema if f.name != STATS), *stats,
                                  pa.field("recipe_hash", pa.string())])
-        drops_schema = pa.schema([*((name, pa.string()) for name in DROPS_COLUMNS), *stats])
+        return kept_schema, pa.schema([*((name, pa.string()) for name in DROPS_COLUMNS), *stats])
+
+    def commit(self, storage: ObjectStore, dataset: str, work: Path, kept: "ParquetSink | RayParts",
+               drops: "ParquetSink | RayParts", run_id: str, index_parts: "RayParts | None" = None
+               ) -> tuple[TableRef, TableRef, TableRef | None]:
+        """One version per table: written whole on a first run, merged (insert new, delete removed) after; the
+        signature index rewritten whenever anything changed. Parts Ray workers wrote into a table's folder are
+        committed as they are (`index_parts`, and `kept`/`drops` on a first run)."""
+        kept_schema, drops_schema = self.schemas()
         refs = []
         for stage, sink, schema, shape in (("cleaned", kept, kept_schema, self._kept_rows),
                                            ("cleaning_drops", drops, drops_schema, _drops_rows)):
+            if isinstance(sink, RayParts):  # written by the workers in the table's schema already
+                shape = _as_table
             rows = (shape(batch).select(schema.names).cast(schema) for batch in sink.batches())
-            if not self.incremental:
+            if not self.incremental and isinstance(sink, RayParts):
+                refs.append(tables.commit_parts(storage, dataset, stage, sink.files(), schema, run_id=run_id))
+            elif not self.incremental:
                 refs.append(tables.write(storage, dataset, stage, (b for t in rows for b in t.to_batches()),
                                          schema=schema, run_id=run_id))
             elif not sink.rows and not self.removed_count:  # nothing changed: the current version stands
@@ -213,7 +222,10 @@ class Plan:
                 changes = pa.RecordBatchReader.from_batches(with_flag, self._changes(rows, with_flag))
                 refs.append(tables.merge(storage, dataset, stage, changes, IDENTITY, DELETED, run_id=run_id)[0])
         index = tables.current(storage, dataset, INDEX_STAGE)
-        if not self.incremental or kept.rows or drops.rows or self.removed_count:
+        if index_parts is not None:
+            index = tables.commit_parts(storage, dataset, INDEX_STAGE, index_parts.files(), INDEX_SCHEMA,
+                                        run_id=run_id)
+        elif not self.incremental or kept.rows or drops.rows or self.removed_count:
             index_file = pq.ParquetFile(work / "index.parquet") if (work / "index.parquet").exists() else None
             rows = index_file.iter_batches(batch_size=10_000) if index_file and index_file.metadata.num_rows else []
             index = tables.write(storage, dataset, INDEX_STAGE, rows, schema=INDEX_SCHEMA, run_id=run_id)
@@ -234,12 +246,72 @@ class Plan:
             yield pa.RecordBatch.from_pydict(columns, schema=schema)
 
 
+class RayParts:
+    """Parquet parts Ray workers wrote, read like a ParquetSink (the statistics sample, an incremental merge)."""
+
+    def __init__(self, parts: list[Part], storage_options: dict[str, str]):
+        self.parts, self.storage_options = parts, storage_options
+        self.rows = sum(part.rows for part in parts)
+
+    def batches(self, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        return read_parts(self.parts, self.storage_options, columns)
+
+    def files(self) -> list[tuple[str, int, int]]:
+        return [(part.name, part.rows, part.bytes) for part in self.parts]
+
+
+def _scratch(storage: ObjectStore, dataset: str, run_id: str, stage: str = "") -> str:
+    """Where an incremental run's workers write the rows that are then merged into the tables."""
+    return tables.table_uri(storage, dataset, f"_ray_scratch/{run_id}/{stage}".rstrip("/"))
+
+
+def _remove_scratch(storage: ObjectStore, dataset: str, run_id: str) -> None:
+    fs = storage.fs
+    fs.invalidate_cache()  # s3fs lists from its cache: the workers wrote these files behind its back
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(_scratch(storage, dataset, run_id), recursive=True)
+
+
+def _clean_on_ray(storage: ObjectStore, dataset: str, recipe: Recipe, plan: "Plan", ray_name: str, run_id: str,
+                  log: Callable[[str], None]) -> tuple[RayParts, RayParts, RayParts, list[StepStats]]:
+    """The recipe on the Ray cluster: workers read `collected` (new documents only on an incremental run,
+    deduplicated against the signature index), write kept rows, drops and index rows as Parquet parts (into the
+    tables' folders on a first run, to a scratch folder to merge from otherwise)."""
+    import ray
+
+    options = tables.delta_options(storage)
+    kept_schema, drops_schema = plan.schemas()
+
+    def folder(stage: str) -> str:
+        return _scratch(storage, dataset, run_id, stage) if plan.incremental else tables.table_uri(storage, dataset,
+                                                                                                    stage)
+    outputs = Outputs(
+        kept=Destination(folder("cleaned"), kept_schema, (("recipe_hash", recipe.hash),), options),
+        drops=Destination(folder("cleaning_drops"), drops_schema, (), options),
+        index=Destination(tables.table_uri(storage, dataset, INDEX_STAGE), INDEX_SCHEMA, (), options),
+        identity_columns=tuple(IDENTITY))
+    try:
+        source = Source.of(plan.collected.uri, plan.collected.version, plan.collected.storage_options)
+        index = Source.of(plan.index.uri, plan.index.version, plan.index.storage_options) if plan.index else None
+        run = run_ray_tables(recipe, source, outputs, new_identities=plan.new if plan.incremental else None,
+                             index=index, current=plan.current, log=log)
+    except (ray.exceptions.RayError, ConnectionError, TimeoutError) as error:
+        raise RayCleaningError(f"Cleaning on the {ray_name} failed: {type(error).__name__}: {error}. No table was "
+                               "changed (they stay at their last version); re-run when the cluster is back.") from error
+    return (RayParts(run.kept, options), RayParts(run.drops, options), RayParts(run.index, options), run.stats)
+
+
+class RayCleaningError(RuntimeError):
+    """The Ray cluster failed or vanished during cleaning; nothing was committed."""
+
+
 def _statistics(recipe: Recipe, kept: ParquetSink, drops: ParquetSink) -> dict:
     """Each filter statistic of this run's documents (kept and dropped, a bounded sample): a histogram with the
     recipe's bounds drawn on it and a quantile table, to re-tune thresholds by."""
     if stats_type(recipe.operators) is None:
         return {}
-    columns = (pa.Table.from_batches([batch]).select([STATS]) for sink in (kept, drops) for batch in sink.batches()
+    columns = (pa.Table.from_batches([batch]).select([STATS]) for sink in (kept, drops)
+               for batch in (sink.batches([STATS]) if isinstance(sink, RayParts) else sink.batches())
                if STATS in batch.schema.names)
     sample = list(sample_batches(columns, STATS_SAMPLE))
     summaries = summarize(recipe, pa.concat_tables(sample)) if sample else []
@@ -253,8 +325,13 @@ def _statistics(recipe: Recipe, kept: ParquetSink, drops: ParquetSink) -> dict:
 def _same_recipe(previous: TableRef, recipe: Recipe) -> bool:
     if "recipe_hash" not in previous.schema.names:
         return False
-    hashes = pc.unique(previous.read(["recipe_hash"]).column("recipe_hash")).to_pylist()
-    return set(hashes) <= {recipe.hash}
+    # Any other recipe's row means a fresh run; batches, so a million-row table is not read at once.
+    other = pds.field("recipe_hash") != recipe.hash
+    return not any(batch.num_rows for batch in previous.batches(columns=["recipe_hash"], filter=other))
+
+
+def _as_table(batch: pa.RecordBatch) -> pa.Table:
+    return pa.Table.from_batches([batch])
 
 
 def _drops_rows(batch: pa.RecordBatch) -> pa.Table:

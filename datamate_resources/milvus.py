@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from langchain_core.embeddings import Embeddings
-from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker
+from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker, WeightedRanker
 from pymilvus.exceptions import MilvusException
 
 from datamate_resources.tables import TableRef
@@ -64,6 +64,11 @@ SOURCE_VERSION_PROPERTY = "datamate.source_version"  # the version of the chunks
 COLLECTION_PREFIX = "datamate_"
 OUTPUT_FIELDS = ["chunk_id", "doc_id", "text", "source_uri", "position", "headings"]
 SEARCH_MODES = ("hybrid", "dense", "sparse")
+# How hybrid search fuses the dense and BM25 rankings: reciprocal rank fusion, or a weighted sum of the two scores
+# (Milvus normalises each: cosine to [0, 1], BM25 through arctan) with WEIGHTS = (dense, BM25).
+FUSIONS = ("rrf", "weighted")
+FUSION = "rrf"
+WEIGHTS = (0.5, 0.5)
 # Metadata a search can filter on, with the Python type of its values.
 FILTER_FIELDS = {"chunk_id": str, "doc_id": str, "source_uri": str, "recipe_hash": str, "position": int}
 MAX_CANDIDATES = 1_000  # per query when grouping by document fetches more than k
@@ -409,6 +414,7 @@ class KnowledgeBase:
         batch_size: int = 256,
         on_progress: Callable[[int, int], None] | None = None,
         source_version: str | None = None,
+        embed_new: Callable[[pa.Array], TableRef] | None = None,
     ) -> SyncReport:
         """Make the collection hold exactly these chunks: embed and upsert new ones, delete stale ones.
 
@@ -422,6 +428,10 @@ class KnowledgeBase:
 
         `chunks` may be a Delta table version (`TableRef`): it is then read in batches, so memory holds the chunk
         ids (for the diff against the stored ids) and one batch of new chunks at a time, never every chunk's text.
+
+        `embed_new(stored_ids)`, when given, embeds elsewhere (on Ray) the chunks whose id is not in `stored_ids`
+        and returns the table of them with their `dense` vectors; this process then only upserts that table,
+        batch by batch.
         """
         report = SyncReport(chunks=chunks.num_rows)
         self._search_layout = None
@@ -471,10 +481,16 @@ class KnowledgeBase:
         if bulk:
             with self._milvus("releasing the collection for a bulk load"):
                 self.client.release_collection(self.name, timeout=self.timeout)
-        new = _new_chunks(chunks, stored, batch_size)
-        report.seconds["embed"], report.seconds["upsert"] = self._embed_and_upsert(
-            new, new_count, batch_size, on_progress
-        )
+        if embed_new is not None and new_count:
+            began = time.perf_counter()
+            embedded = embed_new(stored)
+            report.seconds["embed"] = time.perf_counter() - began
+            report.seconds["upsert"] = self._upsert_embedded(embedded, new_count, batch_size, on_progress)
+        else:
+            new = _new_chunks(chunks, stored, batch_size)
+            report.seconds["embed"], report.seconds["upsert"] = self._embed_and_upsert(
+                new, new_count, batch_size, on_progress
+            )
         report.embedded = new_count
 
         started = time.perf_counter()
@@ -550,6 +566,22 @@ class KnowledgeBase:
                 upsert_seconds += pending.result()
         return embed_seconds, upsert_seconds
 
+    def _upsert_embedded(self, embedded: TableRef, total: int, batch_size: int,
+                         on_progress: Callable[[int, int], None] | None) -> float:
+        """Upsert chunks embedded elsewhere (a table with a `dense` column), a batch at a time."""
+        began, done = time.perf_counter(), 0
+        for batch in embedded.batches(batch_size=batch_size):
+            rows = self._rows(batch.drop_columns(["dense"]).to_pylist(), batch.column("dense").to_pylist())
+            with self._milvus("upserting chunks"):
+                self.client.upsert(self.name, rows, timeout=self.timeout)
+            done += batch.num_rows
+            if on_progress:
+                on_progress(done, total)
+        if done != total:
+            raise RuntimeError(f"{embedded.uri} version {embedded.version} holds {done} embedded chunks, "
+                               f"{total} were new: the vectors table does not match the chunks")
+        return time.perf_counter() - began
+
     # --- retrieval ------------------------------------------------------------------------------------
     def search_layout(self) -> Layout:
         """The collection's layout, looked up and the collection loaded once per instance (not per query)."""
@@ -571,17 +603,22 @@ class KnowledgeBase:
         mode: str = "hybrid",
         filter: dict | None = None,
         per_doc: int | None = None,
+        fusion: str = FUSION,
+        weights: tuple[float, float] = WEIGHTS,
     ) -> list[list[dict]]:
         """Top-k hits per query: chunk_id, doc_id, text, source_uri, position, headings, title, rank, score
         (dense cosine), rank_score (what ordered the hits: RRF in hybrid, BM25 in sparse, cosine in dense mode).
 
-        `mode` "hybrid" fuses dense and BM25 rankings with reciprocal rank fusion (a dense-only collection
-        answers it with dense search); `filter` keeps chunks matching `{field: value or [values]}` (see
-        `filter_expression`); `per_doc` keeps at most that many hits per document, so one document does not fill
-        the top k (more candidates are fetched for it).
+        `mode` "hybrid" fuses dense and BM25 rankings by `fusion` ("rrf", or "weighted" with `weights` (dense,
+        BM25)); a dense-only collection answers it with dense search; `filter` keeps chunks matching
+        `{field: value or [values]}` (see `filter_expression`); `per_doc` keeps at most that many hits per
+        document, so one document does not fill the top k (more candidates are fetched for it).
         """
         if mode not in SEARCH_MODES:
             raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion {fusion!r} is not one of {list(FUSIONS)}")
+        ranker = RRFRanker(RRF_K) if fusion == "rrf" else WeightedRanker(*weights)
         expression = filter_expression(filter)
         layout = self.search_layout()
         if not queries:
@@ -605,7 +642,7 @@ class KnowledgeBase:
                             AnnSearchRequest([query], "sparse", {"metric_type": "BM25"}, limit=limit,
                                              expr=expression),
                         ],
-                        RRFRanker(RRF_K),
+                        ranker,
                         limit=limit,
                         output_fields=fields,
                         timeout=self.timeout,

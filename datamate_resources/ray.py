@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 from dagster_ray import Lifecycle, RayResource
 from pydantic import Field
 
@@ -32,6 +34,11 @@ class DatamateRay(RayResource):
         return self.address
 
     @property
+    def dashboard_url(self) -> str | None:  # type: ignore[override]
+        """The dashboard of the cluster this step connected to; None when Ray was already up or has none."""
+        return getattr(self._context, "dashboard_url", None) or None
+
+    @property
     def created(self) -> bool:
         return True
 
@@ -50,8 +57,10 @@ class DatamateRay(RayResource):
         options.setdefault("include_dashboard", False)
         options.setdefault("logging_level", "warning")
         try:
+            if self.address:
+                probe(self.address)
             self._context = ray.init(address=self.address, **options)
-        except (ConnectionError, TimeoutError, RuntimeError) as error:
+        except (OSError, RuntimeError) as error:  # ConnectionError and TimeoutError are OSErrors
             raise RayUnreachableError(
                 f"Cannot reach the Ray cluster at {self.address!r} (DATAMATE_RAY_ADDRESS): {error}. "
                 "Check the address and that the cluster is up, or unset DATAMATE_RAY_ADDRESS for local Ray."
@@ -62,6 +71,15 @@ class DatamateRay(RayResource):
         if self._context is not None:
             self._context.disconnect()
             self._context = None
+
+
+def probe(address: str, seconds: float = 10.0) -> None:
+    """`ray.init` waits for minutes on an address where nothing answers: a TCP connect fails fast instead."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():  # e.g. "auto": Ray finds the cluster itself
+        return
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds):
+        pass
 
 
 def build_ray(address: str | None) -> DatamateRay:

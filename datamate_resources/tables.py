@@ -12,7 +12,9 @@ delta-rs's unsafe-rename setting would be simpler but gives no such guarantee.
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -218,6 +220,47 @@ def write(storage: ObjectStore, dataset: str, stage: str, data: TableData,
                          f"({reason(error)})") from error
     # Without commit retries, creating the table can only have committed its first version.
     return TableRef(uri, target.version() if existing else 0, options)
+
+
+def append(storage: ObjectStore, dataset: str, stage: str, rows: pa.Table, run_id: str | None = None) -> TableRef:
+    """Add `rows` to the table as one new version, without reading it (for logs such as `llm_usage`): appends of
+    concurrent runs do not conflict, delta-rs commits both."""
+    existing = current(storage, dataset, stage)
+    if existing is None:
+        return write(storage, dataset, stage, rows, run_id=run_id)
+    target = existing.delta_latest()
+    write_deltalake(target, rows, mode="append", writer_properties=WRITER, commit_properties=_commit_properties(run_id))
+    return TableRef(existing.uri, target.version(), existing.storage_options)
+
+
+def commit_parts(storage: ObjectStore, dataset: str, stage: str, parts: Iterable[tuple[str, int, int]],
+                 schema: pa.Schema, run_id: str | None = None) -> TableRef:
+    """Replace the table's content with Parquet files already written into its folder (by Ray workers), as one
+    version: `parts` are (file name in the table's folder, rows, bytes). No data passes through this process."""
+    from deltalake import Schema
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    uri, options = table_uri(storage, dataset, stage), delta_options(storage)
+    now = int(time.time() * 1000)
+    actions = [AddAction(name, size, {}, now, True, json.dumps({"numRecords": rows})) for name, rows, size in parts]
+    existing = current(storage, dataset, stage)
+    try:
+        if existing is None:
+            if not storage.is_s3:
+                storage.fs.makedirs(uri, exist_ok=True)
+            # delta-rs takes its own Schema here (a pyarrow schema is refused), but a pyarrow one for overwrites.
+            create_table_with_add_actions(uri, Schema.from_arrow(schema), actions, mode="error",
+                                          storage_options=options or None,
+                                          commit_properties=_commit_properties(run_id, creating=True))
+            return TableRef(uri, 0, options)
+        table = existing.delta_latest()
+        table.create_write_transaction(actions, mode="overwrite", schema=schema,
+                                       commit_properties=_commit_properties(run_id))
+    except CommitFailedError as error:
+        raise TableError(f"Another run committed to {uri} at the same time; this run's write was not committed "
+                         "and the table keeps the other run's version. Re-run to write it again. "
+                         f"({reason(error)})") from error
+    return TableRef(uri, table.version(), options)
 
 
 def merge(storage: ObjectStore, dataset: str, stage: str, changes: pa.Table | pa.RecordBatchReader, keys: list[str],

@@ -126,13 +126,20 @@ def histogram(name: str, values: np.ndarray, low: float | None, high: float | No
 def summarize(recipe: Recipe, stats: pa.Table, percentiles: Sequence[float] = DEFAULT_PERCENTILES
               ) -> list[StatSummary]:
     """Per numeric statistic: quantiles, the configured bounds, the share outside them and the histogram."""
-    bounds = bounds_of(recipe)
-    column = stats.column(STATS).combine_chunks() if stats.num_rows else None
+    return summarize_stats(stats, bounds_of(recipe), percentiles)
+
+
+def summarize_stats(stats: pa.Table, bounds: dict[str, tuple[float | None, float | None]],
+                    percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> list[StatSummary]:
+    """`summarize` for any `stats` struct column (a published table's), with the bounds known (or none)."""
+    if STATS not in stats.column_names or not stats.num_rows:
+        return []
+    column = stats.column(STATS).combine_chunks()
     summaries = []
-    for stat in stats_type(recipe.operators) or []:
-        if column is None or pa.types.is_string(stat.type):
+    for stat, field_values in zip(column.type, column.flatten(), strict=True):  # flatten: a null row has no value
+        if not (pa.types.is_floating(stat.type) or pa.types.is_integer(stat.type)):
             continue
-        values = column.field(stat.name).drop_null().to_numpy(zero_copy_only=False).astype(float)
+        values = field_values.drop_null().to_numpy(zero_copy_only=False).astype(float)
         values = values[~np.isnan(values)]
         if not values.size:
             continue

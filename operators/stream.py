@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from operators.base import Deduplicator, Selector
+from operators.base import Deduplicator, Selector, SplitMapper
 from operators.dedup.buckets import BucketDeduplicator, duplicate_map
 from operators.dedup.lines import DocumentLineDeduplicator
 from operators.recipe import (
@@ -38,6 +38,7 @@ from operators.recipe import (
     DROP_REASON,
     DROP_STEP,
     ROW,
+    SPLIT_BITS,
     STATS,
     DedupDecision,
     Recipe,
@@ -50,6 +51,7 @@ from operators.recipe import (
     document_names,
     fingerprints_of,
     segments,
+    split_rows,
     stats_type,
 )
 
@@ -175,6 +177,8 @@ def run_stream(recipe: Recipe, batches: Iterable[pa.RecordBatch | pa.Table], wor
                                      alive, log)
             elif isinstance(op, Selector):
                 stream = _selector_step(stream, step, op, text_key, workdir, stats, drop, alive)
+            elif isinstance(op, SplitMapper):
+                stream = _split_step(stream, step, op, text_key, pool, ahead, stats, drop, alive)
             else:
                 stream = _mapper_filter_steps(stream, part, text_key, pool, ahead, stats, drop, alive)
         kept_rows = ParquetSink(workdir / "kept_rows.parquet")
@@ -182,7 +186,8 @@ def run_stream(recipe: Recipe, batches: Iterable[pa.RecordBatch | pa.Table], wor
             kept.write(table.drop_columns([ROW, DROP_STEP, DROP_REASON]))
             kept_rows.write(table.select([ROW]))
         kept_rows.close()
-        _write_index(workdir, kept_rows, [i for i, op in enumerate(recipe.operators) if isinstance(op, Deduplicator)])
+        _write_index(workdir, kept_rows, [i for i, op in enumerate(recipe.operators) if isinstance(op, Deduplicator)],
+                     [i for i, op in enumerate(recipe.operators) if isinstance(op, SplitMapper)])
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -206,6 +211,22 @@ def _mapper_filter_steps(stream, part, text_key, pool, ahead, stats, drop, alive
         live = alive(batch)
         if live.num_rows:
             yield live
+
+
+def _split(args):
+    batch, index, op, text_key = args
+    return split_rows(batch, index, op, text_key)
+
+
+def _split_step(stream, index, op, text_key, pool, ahead, stats, drop, alive) -> Iterator[pa.Table]:
+    """One document in, its pieces out; output batches are cut back to BATCH_ROWS (a batch may split into many)."""
+    jobs = ((batch, index, op, text_key) for batch in stream)
+    for batch, step_stats in ordered_map(pool, _split, jobs, ahead):
+        stats[index].add(step_stats)
+        drop(batch)
+        live = alive(batch)
+        for start in range(0, live.num_rows, BATCH_ROWS):
+            yield live.slice(start, BATCH_ROWS)
 
 
 def _fingerprint_rows(args) -> tuple[pa.Table, pa.Table, dict[int, str]]:
@@ -343,13 +364,15 @@ def _progress(stream: Iterator[pa.Table], what: str, log: Callable[[str], None])
         yield table
 
 
-def _write_index(workdir: Path, kept_rows: ParquetSink, steps: list[int]) -> None:
+def _write_index(workdir: Path, kept_rows: ParquetSink, steps: list[int], split_steps: list[int]) -> None:
     """The signature index of the published documents after this run: the ones carried over (negative rows) and
-    the ones kept now, per dedup step."""
+    the ones kept now, per dedup step (a document a later step split counts as kept when one of its pieces is)."""
     parts = []
     con = _connect(workdir)
-    kept = f"read_parquet('{kept_rows.path}')" if kept_rows.rows else f"(SELECT NULL::BIGINT AS {ROW} LIMIT 0)"
     for step in steps:
+        shift = SPLIT_BITS * sum(1 for split in split_steps if split > step)  # back to the row ids of `step`
+        kept = (f"(SELECT {ROW} >> {shift} AS {ROW} FROM read_parquet('{kept_rows.path}'))" if kept_rows.rows
+                else f"(SELECT NULL::BIGINT AS {ROW} LIMIT 0)")
         step_dir = workdir / f"step{step}"
         if not (step_dir / "fps.parquet").exists():
             continue

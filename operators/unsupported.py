@@ -9,7 +9,6 @@ _NEURAL = "needs a neural model that no package here ships"
 NOT_SUPPORTED = {
     "ray_basic_deduplicator": "Ray-only exact dedup with a Redis backend; document_deduplicator runs on Ray",
     "ray_document_deduplicator": "use document_deduplicator with executor_type: ray",
-    "ray_bts_minhash_deduplicator": "use document_minhash_deduplicator with executor_type: ray (distributed MinHash)",
     "in_context_influence_filter": _LLM,
     "instruction_following_difficulty_filter": _LLM,
     "llm_analysis_filter": _LLM,
@@ -34,8 +33,6 @@ NOT_SUPPORTED = {
     "query_topic_detection_mapper": _NEURAL,
     "nlpaug_en_mapper": "augmentation multiplies records; the runner keeps one output per input record",
     "nlpcda_zh_mapper": "augmentation multiplies records; the runner keeps one output per input record",
-    "text_chunk_mapper": "splits a record into several; chunking is the `chunks` stage (index.chunk_size)",
-    "sentence_split_mapper": "needs NLTK's punkt model files (download)",
     "download_file_mapper": "downloads at run time; collect files with a `web` source instead",
     "extract_tables_from_html_mapper": "not implemented yet",
 }

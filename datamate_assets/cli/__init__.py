@@ -47,7 +47,13 @@ def command_of(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(command_of(argv)).parse_args(argv)
-    return args.func(args) or 0
+    from datamate_assets.cli.project import ProjectError
+
+    try:
+        return args.func(args) or 0
+    except ProjectError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

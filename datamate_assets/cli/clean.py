@@ -89,5 +89,7 @@ def run(args) -> int:
         print(f"{s.operator:<{width}}  {s.docs_in:>8} {s.docs_out:>8} {s.changed:>8} {s.dropped:>8} "
               f"{s.errors:>6} {s.seconds:>7.2f}")
     shown = target if len(files) == 1 or files[0] == target else f"{len(files)} files next to {target}"
-    print(f"kept {result.kept.num_rows} of {table.num_rows} records -> {shown} (recipe {result.recipe_hash})")
+    added = sum(step.added for step in result.stats)  # records a splitting mapper made from one
+    split = f" (+{added} made by splitting)" if added else ""
+    print(f"kept {result.kept.num_rows} of {table.num_rows} records{split} -> {shown} (recipe {result.recipe_hash})")
     return 0

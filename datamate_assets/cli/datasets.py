@@ -10,7 +10,7 @@ unless the dataset's retention removed its files (then export says so).
 import json
 import sys
 
-from datamate_assets.cli.project import ProjectNotFoundError, find_project
+from datamate_assets.cli.project import find_project
 
 
 def register(subparsers) -> None:
@@ -22,11 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    try:
-        settings = find_project().activate()
-    except ProjectNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    settings = find_project().activate()
 
     from datamate_resources import open_storage, tables
 

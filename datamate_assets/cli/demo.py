@@ -7,12 +7,11 @@ web UI afterwards (`make dev`), and Milvus Lite is opened by one process only.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import warnings
 from typing import TYPE_CHECKING
 
-from datamate_assets.cli.project import ProjectNotFoundError, ensure_dagster_home, find_project
+from datamate_assets.cli.project import ensure_dagster_home, find_project
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -29,12 +28,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    try:
-        project = find_project()
-        settings = project.activate()
-    except (ProjectNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    project = find_project()
+    settings = project.activate()
     dagster_home = ensure_dagster_home(project)
 
     import dagster as dg

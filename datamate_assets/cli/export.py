@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from datamate_assets.cli.project import ProjectNotFoundError, find_project
+from datamate_assets.cli.project import find_project, published_table
 
 
 def register(subparsers) -> None:
@@ -34,21 +34,12 @@ def run(args) -> int:
     if args.out == "-" and args.format != "jsonl":
         print("error: only JSONL can be written to standard output", file=sys.stderr)
         return 2
-    try:
-        settings = find_project().activate()
-    except ProjectNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    settings = find_project().activate()
 
-    from datamate_resources import open_storage, tables
+    from datamate_resources import tables
 
-    storage = open_storage(settings)
+    ref = published_table(settings, args.dataset, args.stage, args.version)
     try:
-        ref = tables.current(storage, args.dataset, args.stage, args.version)
-        if ref is None:
-            print(f"error: {args.dataset}/{args.stage} has no table in {storage.url}: materialize it first "
-                  "(`datamate datasets` lists what exists)", file=sys.stderr)
-            return 1
         columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
         missing = sorted(set(columns or []) - set(ref.schema.names))
         if missing:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,16 @@ HOME_ENV = "DATAMATE_HOME"
 DATASETS_ENV = "DATAMATE_DATASETS_DIR"
 
 
-class ProjectNotFoundError(LookupError):
+class ProjectError(Exception):
+    """The project cannot be used as it is; `datamate` prints the message and exits 1."""
+
+
+class ProjectNotFoundError(ProjectError, LookupError):
     pass
+
+
+class ProjectSettingsError(ProjectError, ValueError):
+    """A DATAMATE_* variable of the wrong form."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,10 @@ class Project:
             os.environ[DATASETS_ENV] = str(self.datasets_dir)
         if self.root is not None:
             os.chdir(self.root)
-        return Settings.from_env()
+        try:
+            return Settings.from_env()
+        except ValueError as error:
+            raise ProjectSettingsError(str(error)) from error
 
 
 def dg_table(directory: Path) -> dict | None:
@@ -176,9 +186,27 @@ def ensure_dagster_home(project: Project) -> Path:
     if not config.exists() and shipped and shipped.is_file():
         config.symlink_to(shipped)
     elif not config.exists():  # else Dagster warns on every command that it found none
-        config.write_text("# Dagster's default local instance (SQLite in this folder), made by `datamate`.\n")
+        config.write_text("# Dagster's default local instance (SQLite in this folder), made by `datamate`;\n"
+                          "# telemetry off as in the project's deploy/local/dagster.yaml (and no banner per run).\n"
+                          "telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def published_table(settings, dataset: str, stage: str, version: int | None = None):
+    """The TableRef of a stage's Delta table (the given version, else the latest); a ProjectError says what to do
+    when there is none."""
+    from datamate_resources import open_storage, tables
+
+    storage = open_storage(settings)
+    try:
+        ref = tables.current(storage, dataset, stage, version)
+    except tables.TableError as error:
+        raise ProjectError(str(error)) from error
+    if ref is None:
+        raise ProjectError(f"{dataset}/{stage} has no table in {storage.url}: materialize it first "
+                           "(`datamate datasets` lists what exists)")
+    return ref
 
 
 def register(subparsers) -> None:
@@ -187,11 +215,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    try:
-        project = find_project()
-    except ProjectNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    project = find_project()
     print(f"project       {project.root or '(none: both variables set)'}  (found by {project.found_by})")
     print(f"state         {project.home}")
     print(f"spec files    {project.datasets_dir}/*.yaml")

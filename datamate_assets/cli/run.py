@@ -14,7 +14,7 @@ import sys
 import warnings
 from typing import TYPE_CHECKING
 
-from datamate_assets.cli.project import Project, ProjectNotFoundError, ensure_dagster_home, find_project, load_datasets
+from datamate_assets.cli.project import Project, ensure_dagster_home, find_project, load_datasets
 
 if TYPE_CHECKING:
     from datamate_assets.spec import DatasetSpec
@@ -46,11 +46,7 @@ def dataset_spec(project: Project, name: str) -> tuple[DatasetSpec | None, list[
 def run(args) -> int:
     from datamate_assets.cli.validate import run_time_warnings
 
-    try:
-        project = find_project()
-    except ProjectNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    project = find_project()
     spec, errors = dataset_spec(project, args.dataset)
     for error in errors:
         print(f"error  {error}", file=sys.stderr)
@@ -58,11 +54,7 @@ def run(args) -> int:
         return 1
     for warning in run_time_warnings(spec):
         print(f"warn   {warning}", file=sys.stderr)
-    try:
-        settings = project.activate()
-    except ValueError as error:  # a DATAMATE_* variable of the wrong form
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    settings = project.activate()
     ensure_dagster_home(project)
 
     import dagster as dg

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from datamate_assets.cli.project import ProjectNotFoundError, find_project
+from datamate_assets.cli.project import find_project
 
 HIT_FIELDS = ["chunk_id", "doc_id", "text", "source_uri", "score"]
 
@@ -52,11 +52,7 @@ def run(args) -> int:
         print("error: give either a QUESTION or --queries FILE.jsonl", file=sys.stderr)
         return 2
     queries_file = args.queries.resolve() if args.queries else None  # before the project's root becomes the cwd
-    try:
-        settings = find_project().activate()
-    except (ProjectNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    settings = find_project().activate()
     if settings.milvus_provider == "local" and not Path(settings.milvus_uri).exists():
         # Opening Milvus Lite would create an empty database (and its folder) where none should be.
         print(f"error: no knowledge base at {settings.milvus_uri} (DATAMATE_MILVUS_URI, or the project state "

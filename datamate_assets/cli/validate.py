@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from datamate_assets.cli.project import ProjectNotFoundError, dataset_files, find_project, load_datasets
+from datamate_assets.cli.project import dataset_files, find_project, load_datasets
 
 
 def register(subparsers) -> None:
@@ -31,11 +31,7 @@ def run_time_warnings(spec) -> list[str]:
 
 
 def run(args) -> int:
-    try:
-        project = find_project()
-    except ProjectNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    project = find_project()
     if not dataset_files(project):
         defs = f" nor {project.defs_dir}/*/defs.yaml" if project.defs_dir else ""
         print(f"error: no dataset: no {project.datasets_dir}/*.yaml{defs} (project found by {project.found_by})",

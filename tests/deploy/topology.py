@@ -90,6 +90,8 @@ def start_node(stack: contextlib.ExitStack, args: list[str], log_stem: Path, clu
         log = log_stem.with_name(f"{log_stem.name}-{attempt}.log")
         process = stack.enter_context(background_process(args, log, env=RAY_ENV))
         if wait_for_nodes(cluster, alive, process):
+            if alive > 1:  # a worker node: its `ray start --block` process group, for tests that kill a node
+                cluster.workers.append(process)
             return
     raise RuntimeError(f"a Ray node did not start in {NODE_ATTEMPTS} attempts: see {log_stem}-*.log")
 

@@ -7,6 +7,7 @@ import pyarrow as pa
 from datamate_assets.indexing import build_defs
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec
+from datamate_resources import tables
 from datamate_resources.embeddings import RayEmbeddings
 from datamate_resources.io_manager import DeltaIOManager
 from datamate_resources.milvus import KnowledgeBase
@@ -50,6 +51,9 @@ def test_the_indexed_asset_on_ray_matches_the_local_one(local_ray, tmp_path, lit
         metadata = result.asset_materializations_for_node(f"kb_{executor}__indexed")[0].metadata
         assert metadata["executor"].value == executor
         assert metadata["vectors"].value == metadata["chunks"].value == metadata["embedded"].value > 4
+        if executor == "ray":  # the actors wrote the vectors table the run process upserted from
+            assert tables.read_stage(storage, spec.name, "vectors").num_rows == metadata["embedded"].value
+            assert metadata["ray_actors"].value >= 1 and 0 < metadata["ray_mean_actor_utilisation"].value <= 1
         with lite.get_client() as client:
             kb = KnowledgeBase(client, spec.name, embeddings.get_embeddings(), embeddings.model_name)
             hits[executor] = [[(h["chunk_id"], round(h["score"], 4)) for h in found]

@@ -29,7 +29,7 @@ def storage(tmp_path):
     return store
 
 
-@pytest.mark.e2e  # ~7 min of CPU model calls: in `make test-e2e`, not CI
+# 61 s at load 6 (7 min before synthesis prompts went as one message instead of one per character).
 @pytest.mark.timeout(2400)
 def test_every_new_kind_gives_schema_valid_records_with_provenance_and_reruns_from_cache(storage, llm_server,
                                                                                           tmp_path):

@@ -1,6 +1,7 @@
 """Plain-Python parts of synthesis: templates, output schemas -> rows, JSONL exports."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
@@ -8,6 +9,9 @@ from pydantic import ValidationError
 from operators.synthesis import (
     DEFAULT_TEMPLATES,
     SYNTHESIZED_COLUMNS,
+    MethodSettings,
+    SynthesisRequest,
+    Synthesizer,
     alpaca_jsonl,
     chat_jsonl,
     output_schema,
@@ -90,6 +94,18 @@ def test_output_schema_bounds_the_number_of_items():
 def test_records_skip_items_with_an_empty_field():
     payload = {"items": [{"question": " ", "answer": "A0"}, {"question": "Q1", "answer": "A1"}]}
     assert [r["question"] for r in _rows("qa", payload)] == ["Q1"]
+
+
+def test_an_item_left_empty_is_set_aside_with_the_reason():
+    schema = output_schema("qa", 2)
+    answer = SimpleNamespace(ok=True, error=None, value=schema.model_validate(
+        {"items": [{"question": " ", "answer": "A0"}, {"question": "Q1", "answer": "A1"}]}))
+    synthesizer = Synthesizer(generate=lambda prompts, _: [answer] * len(prompts),
+                              templates={"qa": resolve_template("qa")}, model="m",
+                              settings=MethodSettings(per_chunk=2))
+    synthesizer.run("qa", [SynthesisRequest("qa", "c1", "d1", "A passage.")])
+    assert [r["question"] for r in synthesizer.rows] == ["Q1"]
+    assert [(d["operator"], d["chunk_id"]) for d in synthesizer.drops] == [("empty_field", "c1")]
 
 
 def test_exports_are_jsonl_in_alpaca_and_openai_chat_shapes():

