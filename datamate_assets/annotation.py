@@ -13,6 +13,10 @@
 
 Every step streams: documents are read from the `cleaned` table a batch at a time (the models are loaded once),
 labels and tasks are written as they are made, and the summaries in the metadata are counters.
+
+With `labeler: llm`, the labeler's usage goes to the metadata and to `<dataset>/llm_usage` (stage `annotated`) like
+the other LLM stages, and `annotation.budget` and the dataset's run `budget` bound it (`budgets.py`): documents
+whose request was held back keep a null topic, and the next materialization labels them, the rest from the cache.
 """
 
 import json
@@ -27,12 +31,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from datamate_assets.budgets import StageBudget
 from datamate_assets.keys import key
 from datamate_assets.ray_stages import ray_metadata, run_on_ray
-from datamate_assets.spec import AnnotationSection, DatasetSpec
+from datamate_assets.spec import AnnotationSection, Budget, DatasetSpec
 from datamate_resources import tables
 from datamate_resources.embeddings import EmbeddingsResource, fit_to_actor
-from datamate_resources.llm import LLMResource
+from datamate_resources.llm import BUDGET_ERROR, LLMResource, record_usage
 from datamate_resources.ray import DatamateRay
 from datamate_resources.storage import ObjectStore
 from datamate_resources.tables import TableRef
@@ -69,9 +74,9 @@ class TopicLabeler:
     """Topic labels batch by batch, with the model (or LLM client) and the label vectors made once."""
 
     def __init__(self, section: AnnotationSection, context: dg.AssetExecutionContext, llm: LLMResource,
-                 embeddings: EmbeddingsResource, storage: ObjectStore):
+                 embeddings: EmbeddingsResource, storage: ObjectStore, dataset: str, run_budget: Budget | None):
         self.labels = section.labels
-        self.client = self.model = self.label_vectors = None
+        self.client = self.model = self.label_vectors = self.budget = None
         if not self.labels:
             return
         if section.labeler == "embeddings":
@@ -80,7 +85,8 @@ class TopicLabeler:
             self.label_vectors = np.asarray(self.model.embed_documents([label_description(n) for n in self.labels]))
             self.source = f"embeddings:{embeddings.model_name}"
         else:
-            self.client = llm.client(storage, context.log)
+            self.budget = StageBudget.for_run(storage, dataset, context.run.run_id, section.budget, run_budget)
+            self.client = self.budget.client(llm, storage, context.log)
             context.log.info(f"Topic by LLM ({self.client.model_name}) over {len(self.labels)} labels")
             self.source = f"llm:{self.client.model_name}"
 
@@ -96,7 +102,9 @@ class TopicLabeler:
                 else {**label(None, 0, self.source), "error": r.error} for r in results]
 
     def metadata(self) -> dict:
-        return self.client.usage.as_metadata() if self.client is not None else {}
+        if self.client is None:
+            return {}
+        return {**self.client.usage.as_metadata(), **self.budget.metadata(self.client, "llm_")}
 
 
 def embedding_topics(model, label_vectors: np.ndarray, labels: list[str], source: str, texts: list[str]) -> list:
@@ -171,14 +179,17 @@ class AnnotationTotals:
     """Counters over the annotated batches, for the metadata."""
 
     def __init__(self):
-        self.documents = self.human_labeled = self.topic_failed = 0
+        self.documents = self.human_labeled = self.topic_failed = self.topic_budget_stopped = 0
         self.languages: Counter = Counter()
         self.topics: Counter = Counter()
 
     def add(self, batch: pa.RecordBatch, topics: list) -> None:
         self.documents += batch.num_rows
         self.human_labeled += sum(batch.column("human_labeled").to_pylist())
-        self.topic_failed += sum(1 for t in topics if t is not None and t["value"] is None)
+        unlabeled = [t for t in topics if t is not None and t["value"] is None]
+        stopped = sum(1 for t in unlabeled if t.get("error") == BUDGET_ERROR)
+        self.topic_budget_stopped += stopped
+        self.topic_failed += len(unlabeled) - stopped
         self.languages.update(batch.column("language").to_pylist())
         self.topics.update(batch.column("topic").to_pylist())
 
@@ -242,11 +253,13 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         else:
             ref, totals, extra = label_here(context, llm, embeddings, storage, cleaned, human)
         context.log.info(f"{totals.documents} documents annotated, {totals.topic_failed} topics failed, "
+                         f"{totals.topic_budget_stopped} not labeled (budget reached), "
                          f"{totals.human_labeled} with human labels")
         metadata = {
             "documents": totals.documents,
             "human_labeled": totals.human_labeled,
             "topic_failed": totals.topic_failed,
+            **({"topic_budget_stopped": totals.topic_budget_stopped} if section.labeler == "llm" else {}),
             "cleaned_version": cleaned.version,
             **({"human_labels_version": human_ref.version} if human_ref is not None else {}),
             "language_distribution": dg.MetadataValue.md(distribution(totals.languages, "language")),
@@ -262,7 +275,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         context.log.info(f"Annotating {cleaned.num_rows} documents in batches of {DOCUMENT_BATCH}")
         # Opened (first batch read) before the models load, so a failing store fails fast, before model work.
         documents_in = cleaned.batches(columns=["doc_id", "text"], batch_size=DOCUMENT_BATCH)
-        labeler = TopicLabeler(section, context, llm, embeddings, storage)
+        labeler = TopicLabeler(section, context, llm, embeddings, storage, spec.name, spec.budget)
         totals = AnnotationTotals()
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -274,6 +287,8 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
 
         ref = tables.write(storage, spec.name, "annotated", batches(), schema=ANNOTATED_SCHEMA,
                            run_id=context.run.run_id)
+        if labeler.client is not None:
+            record_usage(storage, spec.name, "annotated", context.run.run_id, labeler.client.usage)
         return ref, totals, labeler.metadata()
 
     # Only datasets that annotate on Ray ask for the Ray resource, so a local run never starts Ray.

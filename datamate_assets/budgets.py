@@ -1,10 +1,10 @@
-"""LLM budgets of one materialization of an LLM stage (synthesized, evaluation).
+"""LLM budgets of one materialization of an LLM stage (synthesized, evaluation, annotated with the LLM labeler).
 
-Two limits apply, whichever is reached first: the stage's own (`synthesis.budget`, `evaluation.budget`), and what
-is left of the run's (the dataset's top-level `budget`), which is the run budget minus what the LLM stages of
-this Dagster run that finished earlier recorded in `<dataset>/llm_usage`. A stage that reaches either sends no
-more requests (cache hits stay free), commits what it has and says which budget stopped it; the next
-materialization, a new run with a budget of its own, resumes from the cache.
+Two limits apply, whichever is reached first: the stage's own (`synthesis.budget`, `evaluation.budget`,
+`annotation.budget`), and what is left of the run's (the dataset's top-level `budget`), which is the run budget
+minus what the LLM stages of this Dagster run that finished earlier recorded in `<dataset>/llm_usage`. A stage
+that reaches either sends no more requests (cache hits stay free), commits what it has and says which budget
+stopped it; the next materialization, a new run with a budget of its own, resumes from the cache.
 """
 
 from dataclasses import dataclass

@@ -162,7 +162,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
         kappas = human_agreement(storage, spec.name, judged, dimensions)
         aggregates.update({f"kappa/{name}": {"value": value, "low": None, "high": None, "n": n}
                            for name, (value, n) in kappas.items()})
-        contamination = decontaminate(storage, spec.name, section, synthesized, context.run_id) \
+        contamination = decontaminate(storage, spec.name, section, synthesized, context.run.run_id) \
             if section.decontamination else None
         if contamination:
             aggregates["contaminated"] = {"value": contamination["contaminated"], "low": None, "high": None,
@@ -316,7 +316,7 @@ def _judge(context, llm, storage, synthesized: TableRef | None, chunks: TableRef
             "pairwise": comparisons.get(record["record_id"]),
             "error": error,
         })
-    record_usage(storage, spec_name(context), "evaluation", context.run_id, client.usage)
+    record_usage(storage, spec_name(context), "evaluation", context.run.run_id, client.usage)
     return rows, sample, {**client.usage.as_metadata("judge_llm_"), **budget.metadata(client, "judge_llm_")}
 
 

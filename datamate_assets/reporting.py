@@ -32,7 +32,8 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[1] / "dbt_project"
 DBT_EXECUTABLE = str(Path(sys.executable).parent / "dbt")
 # dbt sources that are no stage's output but a log some stages append to (datamate_resources.llm.record_usage):
 # a model reading one depends on those stages, and reads the log of every dataset that has one of them.
-LOG_TABLES = {"llm_usage": ("synthesized", "evaluation")}
+# `annotated` appends to llm_usage only with `labeler: llm`; with embeddings the dependency costs nothing.
+LOG_TABLES = {"llm_usage": ("synthesized", "evaluation", "annotated")}
 
 # Only paths: the manifest is prepared when the definitions are built (`with_reporting`), not at import.
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR)

@@ -124,6 +124,16 @@ def _ray_needs_ray_executor(section) -> None:
                          f"{section.executor!r}")
 
 
+class Budget(Section):
+    """LLM spend limit: of one stage's materialization (`synthesis.budget`, `evaluation.budget`,
+    `annotation.budget`) or of one Dagster run across its LLM stages (the dataset's `budget`, accounted from this
+    run's rows of `<dataset>/llm_usage`). Reaching it stops the stage cleanly (what is done is kept and cached, the
+    next materialization resumes from the cache)."""
+
+    max_tokens: int | None = Field(None, gt=0, description="Prompt + completion tokens of calls actually made")
+    max_cost: float | None = Field(None, gt=0, description="Estimated USD of calls actually made")
+
+
 class AnnotationSection(Section):
     language: bool = True
     labels: list[str] = Field([], description="Topic labels for zero-shot classification")
@@ -132,10 +142,14 @@ class AnnotationSection(Section):
     label_studio: LabelStudioSection | None = None
     executor: Literal["local", "ray"] = Field("local", description="Label in-process or on the Ray resource")
     ray: RaySection = RaySection()
+    budget: Budget | None = Field(None, description="Stop the LLM labeler when the stage has spent this much")
 
     @model_validator(mode="after")
     def _ray_fits(self) -> "AnnotationSection":
         _ray_needs_ray_executor(self)
+        if self.budget is not None and self.labeler != "llm":
+            raise ValueError("`budget:` limits the LLM labeler; this section's labeler is "
+                             f"{self.labeler!r} (set `labeler: llm` or remove the budget)")
         if self.executor == "ray" and self.labels and self.labeler != "embeddings":
             raise ValueError("`executor: ray` labels topics with the embedding model only: set `labeler: "
                              "embeddings` or `executor: local` (an LLM labeler is bound by its endpoint, not CPUs)")
@@ -143,16 +157,6 @@ class AnnotationSection(Section):
 
 
 # --- synthesis ----------------------------------------------------------------------------------------
-class Budget(Section):
-    """LLM spend limit: of one stage's materialization (`synthesis.budget`, `evaluation.budget`) or of one Dagster
-    run across its LLM stages (the dataset's `budget`, accounted from this run's rows of `<dataset>/llm_usage`).
-    Reaching it stops the stage cleanly (what is done is kept and cached, the next materialization resumes from
-    the cache)."""
-
-    max_tokens: int | None = Field(None, gt=0, description="Prompt + completion tokens of calls actually made")
-    max_cost: float | None = Field(None, gt=0, description="Estimated USD of calls actually made")
-
-
 class EvolInstructOptions(Section):
     rounds: int = Field(2, ge=1, le=10, description="Evolution rounds per seed instruction")
 

@@ -167,10 +167,10 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
             operator_drops,
             _with_reason(over_cap, "cap", f"over synthesis.max_records={section.max_records}"),
         ])
-        drops_ref = tables.write(storage, spec.name, "synthesized_drops", drops, run_id=context.run_id)
+        drops_ref = tables.write(storage, spec.name, "synthesized_drops", drops, run_id=context.run.run_id)
         exports = {f"export_{fmt}": dg.MetadataValue.json(write_export(storage, spec.name, "synthesized", fmt, kept))
                    for fmt in section.export_formats}
-        record_usage(storage, spec.name, "synthesized", context.run_id, client.usage)
+        record_usage(storage, spec.name, "synthesized", context.run.run_id, client.usage)
         context.log.info(f"{kept.num_rows} records kept, {drops.num_rows} set aside; {client.usage}")
         by_kind = Counter(kept.column("kind").to_pylist())
         failures = sum(1 for row in synthesizer.drops if row["operator"] == "llm")

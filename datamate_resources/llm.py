@@ -130,6 +130,10 @@ def _load_local(gguf_path: str) -> _LoadedModel:
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     model.eval()
+    # why: a 135M model's matrices are too small to gain from a second thread, and OpenMP threads spin-wait when
+    # another process holds a core: measured on 2 cores at load 3, 2 threads 98-175 ms a token, 1 thread 73-74 ms;
+    # under heavier load 2 threads took 600 ms a token.
+    torch.set_num_threads(int(os.environ.get("DATAMATE_LOCAL_LLM_THREADS") or 1))
     info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=model.config.vocab_size)
     vocabulary = tokenizer.convert_ids_to_tokens(list(range(model.config.vocab_size)))
     punctuation = torch.tensor([any(c in (token or "") for c in '"{}[]:,') for token in vocabulary])

@@ -627,7 +627,10 @@ class KnowledgeBase:
             raise ValueError(f"collection {self.name} has no BM25 index (dense only): use mode 'dense' or 'hybrid'")
         if not layout.hybrid:
             mode = "dense"
-        limit = k if per_doc is None else min(max(k * 5, k + 20), MAX_CANDIDATES)
+        # Fusion needs more than k candidates per ranking: with k each, a chunk first in one ranking only ties
+        # (RRF 1/61) with the chunk first in the other, however far down the other ranking puts it.
+        wide = per_doc is not None or mode == "hybrid"
+        limit = min(max(k * 5, k + 20), MAX_CANDIDATES) if wide else k
         vectors = self.embeddings.embed_documents(queries)
         dense_params = {"metric_type": "COSINE", "params": search_params_for(layout.index_type, limit)}
         # Hybrid and sparse hits bring their dense vector back, for the cosine shown as `score`.

@@ -68,7 +68,8 @@ def run(args) -> int:
         count = f"{rows.value:>6} rows" if rows is not None else "  (not a table)"
         print(f"  {key.to_user_string():<40} {count}  {where.value if where is not None else ''}")
     show_synthesized(tables.current(storage, args.dataset, "synthesized"))
-    show_new_kinds(tables.current(storage, args.dataset, "synthesized"))
+    show_new_kinds(tables.current(storage, args.dataset, "synthesized"),
+                   tables.current(storage, args.dataset, "synthesized_drops"))
     show_llm_tokens(_materialized(result))
     show_evaluation(tables.current(storage, args.dataset, "evaluation"))
     show_search(args.dataset, args.question, settings)
@@ -114,8 +115,9 @@ def show_synthesized(ref: TableRef | None, rows: int = 3) -> None:
 NEW_KINDS = ("evol_instruct", "self_instruct", "multi_turn", "preference")
 
 
-def show_new_kinds(ref: TableRef | None) -> None:
-    """One record of each richer synthesis kind the dataset makes (issue #18)."""
+def show_new_kinds(ref: TableRef | None, drops: TableRef | None) -> None:
+    """One record of each richer synthesis kind the dataset makes (issue #18); for a kind whose every record was
+    set aside (a small model often fails Evol-Instruct's elimination rules), one of those and why."""
     if ref is None or "conversation" not in ref.schema.names:
         return
     shown = set()
@@ -134,6 +136,12 @@ def show_new_kinds(ref: TableRef | None) -> None:
                       f"{record['rejected_rating']})")
         if len(shown) == len(NEW_KINDS):
             break
+    if drops is None or len(shown) == len(NEW_KINDS):
+        return
+    for record in drops.read(columns=["kind", "question", "reason"]).to_pylist():
+        if record["kind"] in NEW_KINDS and record["kind"] not in shown:
+            shown.add(record["kind"])
+            print(f"\n  [{record['kind']}] set aside: {record['reason']}\n        Q: {record['question']}")
 
 
 def show_llm_tokens(materialized: list[tuple[dg.AssetKey, dict]]) -> None:

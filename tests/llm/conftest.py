@@ -64,3 +64,21 @@ def llm_resource(llm_server) -> LLMResource:
 def flaky_llm_resource(flaky_llm_server) -> LLMResource:
     # A client timeout below the proxy's injected delay, so "timeout" failures really time out.
     return openai_resource(flaky_llm_server.base_url, request_timeout=30.0)
+
+
+class Scripted:
+    """The scripted OpenAI-compatible endpoint (tests/llm/scripted_llm.py) and its journal of calls."""
+
+    def __init__(self, base_url: str, journal: Path):
+        self.base_url, self.journal = base_url, journal
+
+    def calls(self) -> int:
+        return len(self.journal.read_text().splitlines()) if self.journal.exists() else 0
+
+
+@pytest.fixture
+def scripted(tmp_path) -> Scripted:
+    port, journal = free_port(), tmp_path / "journal.jsonl"
+    args = [sys.executable, "-m", "tests.llm.scripted_llm", "--port", str(port), "--journal", str(journal)]
+    with server_process(args, port, tmp_path / "scripted.log", timeout=60, cwd=REPO):
+        yield Scripted(f"http://127.0.0.1:{port}/v1", journal)

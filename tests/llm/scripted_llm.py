@@ -26,6 +26,8 @@ def answer(schema_name: str, prompt: str) -> dict:
         return {"reason": "The first answer is better.", "winner": "A"}  # always the first: pure position bias
     if schema_name == "RubricGrade":
         return {"feedback": "Fine.", "score": 3 + len(prompt) % 2}
+    if schema_name == "TopicAnswer":  # the annotation labeler: the first of the prompt's `Labels: a, b, c`
+        return {"topic": prompt.split("\n", 1)[0].removeprefix("Labels: ").split(", ")[0], "confidence": 0.9}
     if schema_name == "CandidateAnswer":
         return {"answer": f"Answer {tag}."}
     if schema_name == "InstructionPairList":

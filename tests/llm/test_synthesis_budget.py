@@ -3,8 +3,6 @@ materialization resumes from the cache without paying again. Against a scripted 
 is the arithmetic: every call costs exactly 100 prompt + 20 completion tokens."""
 
 import json
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,29 +14,12 @@ from datamate_resources import tables
 from datamate_resources.io_manager import DeltaIOManager
 from datamate_resources.storage import ObjectStore
 from tests.llm import scripted_llm
-from tests.llm.conftest import REPO, openai_resource
+from tests.llm.conftest import Scripted, openai_resource
 from tests.llm.test_synthesis_assets import chunk_table, make_spec, materialize, output_metadata
-from tests.servers import free_port, server_process
 
 PRICES = {scripted_llm.MODEL: {"input_per_million": 1000.0, "output_per_million": 2000.0}}
 RUBRIC = {1: "useless", 2: "weak", 3: "partial", 4: "good", 5: "complete"}
 CALL_COST = (100 * 1000.0 + 20 * 2000.0) / 1e6  # 0.14 USD
-
-
-class Scripted:
-    def __init__(self, base_url: str, journal: Path):
-        self.base_url, self.journal = base_url, journal
-
-    def calls(self) -> int:
-        return len(self.journal.read_text().splitlines()) if self.journal.exists() else 0
-
-
-@pytest.fixture
-def scripted(tmp_path) -> Scripted:
-    port, journal = free_port(), tmp_path / "journal.jsonl"
-    args = [sys.executable, "-m", "tests.llm.scripted_llm", "--port", str(port), "--journal", str(journal)]
-    with server_process(args, port, tmp_path / "scripted.log", timeout=60, cwd=REPO):
-        yield Scripted(f"http://127.0.0.1:{port}/v1", journal)
 
 
 @pytest.fixture
