@@ -446,9 +446,15 @@ def load_specs(directory: Path) -> tuple[list[DatasetSpec], list[SpecError]]:
         except SpecFileError as error:
             errors.extend(error.errors)
             continue
-        if spec.name in seen:
-            errors.append(SpecError(path, "name", f"dataset '{spec.name}' is already defined in {seen[spec.name]}"))
-            continue
-        seen[spec.name] = path
-        specs.append(spec)
+        keep_unique(spec, path, specs, seen, errors)
     return specs, errors
+
+
+def keep_unique(spec: DatasetSpec, path: Path, specs: list[DatasetSpec], seen: dict[str, Path],
+                errors: list[SpecError]) -> None:
+    """Adds `spec` to `specs` unless another file already defines its name (then an error naming both files)."""
+    if spec.name in seen:
+        errors.append(SpecError(path, "name", f"dataset '{spec.name}' is already defined in {seen[spec.name]}"))
+        return
+    seen[spec.name] = path
+    specs.append(spec)

@@ -18,10 +18,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-import yaml
 
 from operators.base import DEFAULT_TEXT_KEY
-from operators.recipe import STATS, Recipe, RecipeError
+from operators.recipe import STATS, Recipe, RecipeError, read_recipe_file
 from operators.registry import load_operator_paths
 
 # Global keys read here, with what they mean in DataMate.
@@ -126,23 +125,13 @@ def _relative(base: Path, value: str | Path) -> Path:
     return path if path.is_absolute() else (base.parent / path)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise RecipeError(f"{path}: cannot be read as YAML: {error}") from error
-    if not isinstance(raw, dict) or not isinstance(raw.get("process"), list):
-        raise RecipeError(f"{path}: must be a mapping with a `process:` list of operators")
-    return raw
-
-
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> DJConfig:
     """Read and validate a Data-Juicer config file; `overrides` (e.g. from the command line) win over the file.
 
     Relative paths in the file are taken from the file's folder (paths given as overrides from the current one).
     """
     path = Path(path)
-    raw = read_config_file(path)
+    raw = read_recipe_file(path)
     _check_keys(path, raw)
     set_overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     values = {**raw, **set_overrides}
@@ -308,7 +297,7 @@ def check_config(path: Path) -> ConfigCheck:
     from operators.registry import OperatorConfigError, build_operator
 
     path = Path(path)
-    raw = read_config_file(path)
+    raw = read_recipe_file(path)
     errors = []
     try:
         _check_keys(path, raw)

@@ -84,12 +84,7 @@ class Recipe:
     @classmethod
     def load(cls, path: Path, text_key: str | None = None) -> Recipe:
         """A Data-Juicer style recipe file: `process:` list, optional `text_keys` (a name or a list)."""
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as error:
-            raise RecipeError(f"{path}: cannot be read as YAML: {error}") from error
-        if not isinstance(raw, dict) or not isinstance(raw.get("process"), list):
-            raise RecipeError(f"{path}: must be a mapping with a `process:` list of operators")
+        raw = read_recipe_file(path)
         keys = raw.get("text_keys", DEFAULT_TEXT_KEY)
         file_key = keys[0] if isinstance(keys, list) and keys else keys
         try:
@@ -106,6 +101,18 @@ class Recipe:
     @property
     def names(self) -> list[str]:
         return [next(iter(step)) for step in self.process]
+
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """A recipe or Data-Juicer config file's mapping, which must have a `process:` list."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise RecipeError(f"{path}: cannot be read as YAML: {error}") from error
+    if not isinstance(raw, dict) or not isinstance(raw.get("process"), list):
+        raise RecipeError(f"{path}: must be a mapping with a `process:` list of operators")
+    return raw
 
 
 @dataclass

@@ -108,7 +108,7 @@ def dataset_files(project: Project) -> list[Path]:
 
 def load_datasets(project: Project) -> tuple[list[DatasetSpec], list[SpecError]]:
     """Every dataset of the project, and the mistakes of those that do not load (one spoils no other)."""
-    from datamate_assets.spec import SpecError, SpecFileError, load_spec
+    from datamate_assets.spec import SpecFileError, keep_unique, load_spec
 
     specs: list[DatasetSpec] = []
     errors: list[SpecError] = []
@@ -120,11 +120,7 @@ def load_datasets(project: Project) -> tuple[list[DatasetSpec], list[SpecError]]
             errors.extend(error.errors)
             continue
         for spec in loaded:
-            if spec.name in seen:
-                errors.append(SpecError(path, "name", f"dataset '{spec.name}' is already defined in {seen[spec.name]}"))
-                continue
-            seen[spec.name] = path
-            specs.append(spec)
+            keep_unique(spec, path, specs, seen, errors)
     return specs, errors
 
 
