@@ -184,14 +184,15 @@ def data_juicer_recipe(n_docs: int, num_proc: int, out: Path) -> Path:
     return config
 
 
-def data_juicer(n_docs: int, num_proc: int) -> dict:
+def ensure_data_juicer() -> str | None:
+    """Install Data-Juicer into its own venv (bench/.venv-dj) once; the reason it could not be, or None."""
     if not (DJ_VENV / "bin" / "dj-process").exists():
         subprocess.run(["uv", "venv", "-q", "-p", "3.11", str(DJ_VENV)], check=True)
         install = subprocess.run(["uv", "pip", "install", "-p", str(DJ_VENV / "bin" / "python"), "py-data-juicer",
                                   "aiohttp"],
                                  capture_output=True, text=True)
         if install.returncode != 0:
-            return {"docs": n_docs, "error": "py-data-juicer could not be installed: " + install.stderr[-800:]}
+            return "py-data-juicer could not be installed: " + install.stderr[-800:]
     # Installed before the measured run, which would otherwise install them itself: torch (Data-Juicer calls
     # torch.cuda.empty_cache() after every operator; the machine's CPU wheel where there is one, --no-config keeps
     # this project's torch override out), and the `kenlm` module as the kenlm-ex wheel (kenlm compiles for minutes)
@@ -200,6 +201,13 @@ def data_juicer(n_docs: int, num_proc: int) -> dict:
         wheels = ["--find-links", "/opt/wheels"] if Path("/opt/wheels").is_dir() else []
         subprocess.run(["uv", "pip", "install", "-q", "--no-config", "-p",
                         str(DJ_VENV / "bin" / "python"), *wheels, "torch", "kenlm-ex", "sentencepiece"], check=True)
+    return None
+
+
+def data_juicer(n_docs: int, num_proc: int) -> dict:
+    error = ensure_data_juicer()
+    if error:
+        return {"docs": n_docs, "error": error}
     DATA.mkdir(exist_ok=True)
     ensure_models()
     config = data_juicer_recipe(n_docs, num_proc, DATA)
@@ -207,7 +215,7 @@ def data_juicer(n_docs: int, num_proc: int) -> dict:
     with log.open("w") as handle:
         process = subprocess.Popen([str(DJ_VENV / "bin" / "dj-process"), "--config", str(config)], stdout=handle,
                                    stderr=subprocess.STDOUT)
-        peak, seconds = peak_tree_rss(process)
+        peak, seconds, _ = peak_tree_rss(process)
     if process.returncode != 0:
         return {"docs": n_docs, "error": "dj-process failed: " + log.read_text()[-800:]}
     return {"docs": n_docs, "seconds": round(seconds, 1), "docs_per_s": round(n_docs / seconds),
@@ -219,7 +227,7 @@ def ours_in_subprocess(size: int, num_proc: int) -> dict:
     with tempfile.TemporaryFile("w+") as out:
         process = subprocess.Popen([sys.executable, "-m", "bench.cleaning", "--only-recipe", str(size),
                                     "--num-proc", str(num_proc)], stdout=out, cwd=BENCH.parent)
-        peak, _ = peak_tree_rss(process)
+        peak, _, _ = peak_tree_rss(process)
         if process.returncode != 0:
             raise SystemExit(f"our recipe run failed at {size} documents (exit {process.returncode})")
         out.seek(0)

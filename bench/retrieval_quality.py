@@ -48,6 +48,10 @@ CONFIGS = {
                                                       "chunk_overlap": 100, "heading_context": True}},
     "markdown+context 400": {"html_format": "markdown", "index": {"splitter": "markdown", "chunk_size": 400,
                                                                   "chunk_overlap": 50, "heading_context": True}},
+    "text+context 1200": {"html_format": "text", "index": {"splitter": "recursive", "chunk_size": 1200,
+                                                           "chunk_overlap": 100, "heading_context": True}},
+    "text+context 400": {"html_format": "text", "index": {"splitter": "recursive", "chunk_size": 400,
+                                                          "chunk_overlap": 50, "heading_context": True}},
     "markdown 1200": {"html_format": "markdown", "index": {"splitter": "markdown", "chunk_size": 1200,
                                                            "chunk_overlap": 100}},
     "markdown+context 1200": {"html_format": "markdown", "index": {"splitter": "markdown", "chunk_size": 1200,
@@ -58,6 +62,9 @@ SEARCHES = [
     ("dense", {"mode": "dense"}),
     ("BM25", {"mode": "sparse"}),
     ("hybrid RRF", {"mode": "hybrid", "fusion": "rrf"}),
+    # Grouping: at most this many hits per page (FAQ pages hold many answers, so it may cost the right one).
+    ("hybrid RRF, per_doc 1", {"mode": "hybrid", "fusion": "rrf", "per_doc": 1}),
+    ("hybrid RRF, per_doc 2", {"mode": "hybrid", "fusion": "rrf", "per_doc": 2}),
     *[(f"weighted {d:.1f}/{1 - d:.1f}", {"mode": "hybrid", "fusion": "weighted", "weights": (d, round(1 - d, 1))})
       for d in (0.1, 0.3, 0.5, 0.7, 0.9)],
 ]

@@ -6,7 +6,7 @@ A seeded synthetic web corpus (English word salad with real word frequencies, HT
 exact and near duplicates, junk) is written as JSONL shards to a folder; a dataset spec points a folder source
 at it with the web-cleaning recipe (bench/web_recipe.yaml, exact and MinHash dedup, local executor) and a chunks
 stage; `dagster asset materialize` runs it in a fresh DAGSTER_HOME. Per size: wall time, docs/s and the peak RSS
-of the whole process tree (sampled every 0.2 s). Printed ratios: peak RSS and time per document at each size
+and PSS of the whole process tree (sampled every 0.2 s). Printed ratios: peak RSS and time per document at each size
 against the smallest size (targets at 1M: memory at most 1.3x, time per document at most 1.2x). With
 --data-juicer N, Data-Juicer runs the same recipe on the same N documents in its own venv (as bench.cleaning does)
 and the docs/s ratio and both peak memories are printed.
@@ -93,18 +93,22 @@ def write_spec(datasets: Path, corpus: Path, name: str) -> None:
     (datasets / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-def peak_tree_rss(process: subprocess.Popen) -> tuple[int, float]:
-    """(peak RSS of the process and all its descendants, wall seconds), sampled until it exits."""
-    started, peak = time.perf_counter(), 0
+def peak_tree_rss(process: subprocess.Popen) -> tuple[int, float, int]:
+    """(peak RSS summed over the process and all its descendants, wall seconds, peak PSS summed likewise),
+    sampled until it exits. Summed RSS counts every page a forked process shares with its parent once per
+    process (Dagster's step processes fork from a preloaded server); PSS divides shared pages among their
+    sharers, so its sum is the memory the tree really holds."""
+    started, peak, peak_pss = time.perf_counter(), 0, 0
     root = psutil.Process(process.pid)
     while process.poll() is None:
         try:
-            members = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in members if p.is_running()))
+            members = [p for p in [root, *root.children(recursive=True)] if p.is_running()]
+            peak = max(peak, sum(p.memory_info().rss for p in members))
+            peak_pss = max(peak_pss, sum(p.memory_full_info().pss for p in members))
         except psutil.Error:
             pass
         time.sleep(0.2)
-    return peak, time.perf_counter() - started
+    return peak, time.perf_counter() - started, peak_pss
 
 
 def run_pipeline(n_docs: int, work: Path) -> dict:
@@ -120,20 +124,24 @@ def run_pipeline(n_docs: int, work: Path) -> dict:
                f"{name}/collected,{name}/collection_rejects,{name}/cleaned,{name}/cleaning_drops,{name}/chunks"]
     log = (work / "dagster.log").open("w")
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    peak, seconds = peak_tree_rss(process)
+    peak, seconds, pss = peak_tree_rss(process)
     if process.returncode != 0:
-        raise SystemExit(f"the pipeline failed at {n_docs} documents; see {work / 'dagster.log'}")
+        kept = REPO / "bench" / "output" / f"scale-{n_docs}-failed.log"
+        kept.parent.mkdir(exist_ok=True)
+        kept.write_text((work / "dagster.log").read_text())
+        raise SystemExit(f"the pipeline failed at {n_docs} documents; its log: {kept}")
     return {"docs": n_docs, "seconds": seconds, "docs_per_s": n_docs / seconds, "peak_rss_gb": peak / 1e9,
-            **planted}
+            "peak_pss_gb": pss / 1e9, **planted}
 
 
 def data_juicer(n_docs: int, work: Path) -> dict:
     """Data-Juicer on the same corpus and recipe (less line dedup, which it lacks), in its own venv
-    (bench/.venv-dj, which `python -m bench.cleaning --data-juicer` creates)."""
-    from bench.cleaning import DJ_RECIPE_DROP, DJ_RENAME, DJ_VENV
+    (bench/.venv-dj, installed on first use)."""
+    from bench.cleaning import DJ_RECIPE_DROP, DJ_RENAME, DJ_VENV, ensure_data_juicer
 
-    if not (DJ_VENV / "bin" / "dj-process").exists():
-        raise SystemExit("Data-Juicer is not installed: run `python -m bench.cleaning --data-juicer` once first")
+    error = ensure_data_juicer()
+    if error:
+        raise SystemExit(error)
     corpus = work / "dj_corpus"
     write_corpus(n_docs, corpus)
     process = []
@@ -148,10 +156,11 @@ def data_juicer(n_docs: int, work: Path) -> dict:
     }))
     process = subprocess.Popen([str(DJ_VENV / "bin" / "dj-process"), "--config", str(config)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak, seconds = peak_tree_rss(process)
+    peak, seconds, pss = peak_tree_rss(process)
     if process.returncode != 0:
         raise SystemExit(f"dj-process failed at {n_docs} documents")
-    return {"docs": n_docs, "seconds": seconds, "docs_per_s": n_docs / seconds, "peak_rss_gb": peak / 1e9}
+    return {"docs": n_docs, "seconds": seconds, "docs_per_s": n_docs / seconds, "peak_rss_gb": peak / 1e9,
+            "peak_pss_gb": pss / 1e9}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,20 +175,21 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_pipeline(n, Path(work)))
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
-    print(f"\n| documents | wall s | docs/s | peak RSS (tree) GB | RSS vs {base['docs']:,} "
-          f"| time/doc vs {base['docs']:,} |")
-    print("|---|---|---|---|---|---|")
+    print(f"\n| documents | wall s | docs/s | peak RSS (tree) GB | peak PSS (tree) GB | RSS vs {base['docs']:,} "
+          f"| PSS vs {base['docs']:,} | time/doc vs {base['docs']:,} |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['docs']:,} | {row['seconds']:.0f} | {row['docs_per_s']:.0f} | {row['peak_rss_gb']:.2f} | "
-              f"{row['peak_rss_gb'] / base['peak_rss_gb']:.2f}x | "
-              f"{base['docs_per_s'] / row['docs_per_s']:.2f}x |")
+              f"{row['peak_pss_gb']:.2f} | {row['peak_rss_gb'] / base['peak_rss_gb']:.2f}x | "
+              f"{row['peak_pss_gb'] / base['peak_pss_gb']:.2f}x | {base['docs_per_s'] / row['docs_per_s']:.2f}x |")
     if args.data_juicer:
         ours = next((r for r in rows if r["docs"] == args.data_juicer), None)
         with tempfile.TemporaryDirectory(prefix="datamate-scale-dj-") as work:
             ours = ours or run_pipeline(args.data_juicer, Path(work) / "ours")
             theirs = data_juicer(args.data_juicer, Path(work))
-        print(f"\nData-Juicer at {args.data_juicer:,}: {theirs['docs_per_s']:.0f} docs/s, peak "
-              f"{theirs['peak_rss_gb']:.2f} GB; ours {ours['docs_per_s']:.0f} docs/s, peak {ours['peak_rss_gb']:.2f} GB"
+        print(f"\nData-Juicer at {args.data_juicer:,}: {theirs['docs_per_s']:.0f} docs/s, peak RSS "
+              f"{theirs['peak_rss_gb']:.2f} GB, PSS {theirs['peak_pss_gb']:.2f} GB; ours {ours['docs_per_s']:.0f} "
+              f"docs/s, peak RSS {ours['peak_rss_gb']:.2f} GB, PSS {ours['peak_pss_gb']:.2f} GB"
               f" -> throughput ratio {ours['docs_per_s'] / theirs['docs_per_s']:.2f}x")
     return 0
 

@@ -10,6 +10,7 @@ are merged in (removed documents deleted). A recipe change changes the code vers
 import contextlib
 import json
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 
 from datamate_assets.keys import key
+from datamate_assets.ray_stages import stage_resources
 from datamate_assets.spec import DatasetSpec
 from datamate_resources import tables
 from datamate_resources.ray import DatamateRay
@@ -30,6 +32,7 @@ from operators.analysis import quantile_table, sample_batches, summarize
 from operators.dj_config import load_config
 from operators.evaluation.report import markdown_image
 from operators.ray_exec import Destination, Outputs, Part, Source, identity_of, read_parts, run_ray_tables
+from operators.ray_shards import RayStageResources
 from operators.recipe import STATS, Recipe, StepStats, stats_type
 from operators.stream import INDEX_SCHEMA, ParquetSink, run_stream
 
@@ -86,7 +89,8 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
             if ray_name is not None and plan.new_count:
                 # Ray workers read `collected` and write the results; only statistics and file names come back.
                 kept, drops, index_parts, stats = _clean_on_ray(storage, spec.name, recipe, plan, ray_name,
-                                                                context.run.run_id, context.log.info)
+                                                                stage_resources(section.ray), context.run.run_id,
+                                                                context.log.info)
             else:  # (on Ray with nothing new, there is nothing to send: the removals are applied here)
                 stats = run_stream(recipe, plan.new_batches(), Path(work), kept, drops, index=plan.signatures(),
                                    identity=_identity, num_proc=section.num_proc, log=context.log.info).stats
@@ -149,23 +153,31 @@ class Plan:
     """What a run does, decided on the identity columns only (the texts are never loaded)."""
 
     def __init__(self, collected: TableRef, previous: TableRef | None, index: TableRef | None, recipe: Recipe,
-                 done: pa.Array, current: pa.Array):
+                 done: pa.Array | None = None, current: pa.Array | None = None):
+        """A first run (no `previous`) cleans every collected document and reads no identities; an incremental
+        one compares the identities of what is collected now (`current`) with what was cleaned (`done`)."""
         self.collected, self.previous, self.index, self.recipe = collected, previous, index, recipe
         self.incremental = previous is not None
         self.current = current
-        self.new = pc.filter(current, pc.invert(pc.is_in(current, done))) if self.incremental else current
-        self.removed = pc.filter(done, pc.invert(pc.is_in(done, current)))
-        self.new_count, self.removed_count = len(self.new), len(self.removed)
-        self.reused = len(current) - self.new_count
+        if self.incremental:
+            self.new = pc.filter(current, pc.invert(pc.is_in(current, done)))
+            self.removed = pc.filter(done, pc.invert(pc.is_in(done, current)))
+            self.collected_count = len(current)
+        else:
+            self.new, self.removed = None, pa.array([], pa.string())
+            self.collected_count = collected.num_rows  # from the Delta log's file statistics
+        self.new_count = len(self.new) if self.incremental else self.collected_count
+        self.removed_count = len(self.removed)
+        self.reused = self.collected_count - self.new_count
 
     @classmethod
     def make(cls, storage: ObjectStore, dataset: str, recipe: Recipe, collected: TableRef) -> "Plan":
-        current = _identity(collected.read(IDENTITY)).combine_chunks()
         previous = tables.current(storage, dataset, "cleaned")
         previous_drops = tables.current(storage, dataset, "cleaning_drops")
         index = tables.current(storage, dataset, INDEX_STAGE)
         if previous is None or previous_drops is None or index is None or not _same_recipe(previous, recipe):
-            return cls(collected, None, None, recipe, pa.array([], pa.string()), current)
+            return cls(collected, None, None, recipe)
+        current = _identity(collected.read(IDENTITY)).combine_chunks()
         done = pa.concat_arrays([_identity(ref.read(IDENTITY)).combine_chunks().cast(pa.string())
                                  for ref in (previous, previous_drops)])
         return cls(collected, previous, index, recipe, done, current)
@@ -272,11 +284,13 @@ def _remove_scratch(storage: ObjectStore, dataset: str, run_id: str) -> None:
         fs.rm(_scratch(storage, dataset, run_id), recursive=True)
 
 
-def _clean_on_ray(storage: ObjectStore, dataset: str, recipe: Recipe, plan: "Plan", ray_name: str, run_id: str,
-                  log: Callable[[str], None]) -> tuple[RayParts, RayParts, RayParts, list[StepStats]]:
+def _clean_on_ray(storage: ObjectStore, dataset: str, recipe: Recipe, plan: "Plan", ray_name: str,
+                  resources: RayStageResources, run_id: str, log: Callable[[str], None]
+                  ) -> tuple[RayParts, RayParts, RayParts, list[StepStats]]:
     """The recipe on the Ray cluster: workers read `collected` (new documents only on an incremental run,
     deduplicated against the signature index), write kept rows, drops and index rows as Parquet parts (into the
-    tables' folders on a first run, to a scratch folder to merge from otherwise)."""
+    tables' folders on a first run, to a scratch folder to merge from otherwise). `resources`: the spec's
+    `cleaning.ray` (CPUs and memory per map task, rows per batch, dedup shard actors)."""
     import ray
 
     options = tables.delta_options(storage)
@@ -294,7 +308,7 @@ def _clean_on_ray(storage: ObjectStore, dataset: str, recipe: Recipe, plan: "Pla
         source = Source.of(plan.collected.uri, plan.collected.version, plan.collected.storage_options)
         index = Source.of(plan.index.uri, plan.index.version, plan.index.storage_options) if plan.index else None
         run = run_ray_tables(recipe, source, outputs, new_identities=plan.new if plan.incremental else None,
-                             index=index, current=plan.current, log=log)
+                             index=index, current=plan.current, resources=resources, log=log)
     except (ray.exceptions.RayError, ConnectionError, TimeoutError) as error:
         raise RayCleaningError(f"Cleaning on the {ray_name} failed: {type(error).__name__}: {error}. No table was "
                                "changed (they stay at their last version); re-run when the cluster is back.") from error
@@ -344,13 +358,13 @@ def _drops_rows(batch: pa.RecordBatch) -> pa.Table:
 
 
 def _drops_by_operator(drops: TableRef) -> str:
-    operators = drops.read(["operator"])
-    if operators.num_rows == 0:
+    # Counted batch by batch: a dedup step can drop a large share of the corpus.
+    counts = Counter()
+    for batch in drops.batches(columns=["operator"]):
+        counts.update(batch.column("operator").to_pylist())
+    if not counts:
         return "_nothing dropped_"
-    counts = operators.group_by("operator").aggregate([("operator", "count")]).sort_by(
-        [("operator_count", "descending")])
-    rows = [f"| `{o}` | {n} |" for o, n in zip(counts.column("operator").to_pylist(),
-                                                counts.column("operator_count").to_pylist(), strict=True)]
+    rows = [f"| `{o}` | {n} |" for o, n in counts.most_common()]
     return "\n".join(["| operator | dropped |", "|---|---|", *rows])
 
 
@@ -373,7 +387,7 @@ def _metadata(recipe: Recipe, plan: Plan, stats: list[StepStats], cumulative: li
     whole = "" if cumulative is stats else "\n\n**Whole dataset** (all runs)\n\n" + stats_table(cumulative)
     return {
         "recipe_hash": dg.MetadataValue.text(recipe.hash),
-        "collected": dg.MetadataValue.int(len(plan.current)),
+        "collected": dg.MetadataValue.int(plan.collected_count),
         "processed": dg.MetadataValue.int(plan.new_count),
         "reused": dg.MetadataValue.int(plan.reused),
         "removed": dg.MetadataValue.int(plan.removed_count),

@@ -1,9 +1,10 @@
 """Collection stage: a dataset's sources → `<dataset>/collected` and `<dataset>/collection_rejects`.
 
 One multi-asset reads every source once. `collected` holds every current document (one row per source_uri);
-it is compared with the previous `collected` in storage, so a re-run on unchanged sources reports
-0 new / 0 changed and keeps the original `collected_at` (a repeated reject keeps its `rejected_at`). Inputs =
-collected (new + changed) + rejected + unchanged, all in the metadata.
+it is compared with the previous `collected` in storage (by DuckDB over spill files, so memory does not grow with
+the number of documents), and a re-run on unchanged sources reports 0 new / 0 changed and keeps the original
+`collected_at` (a repeated reject keeps its `rejected_at`). Only new and changed documents are merged in and removed
+ones deleted. Inputs = collected (new + changed) + rejected + unchanged, all in the metadata.
 """
 
 import json
@@ -18,7 +19,6 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datamate_assets.keys import key
@@ -27,6 +27,7 @@ from datamate_resources import tables
 from datamate_resources.io_manager import dataset_and_stage
 from datamate_resources.storage import ObjectStore
 from datamate_resources.tables import TableRef
+from operators.changes import CHANGED, NEW, Changes, compare, keep_first_times
 from operators.readers import (
     REASONS,
     Document,
@@ -101,36 +102,37 @@ def source_records(source: Source, spec: DatasetSpec, storage: ObjectStore) -> I
         yield from read_source(item, options) if isinstance(item, SourceFile) else [item]
 
 
-def previous_collected(previous: TableRef | None, asset_key: dg.AssetKey, log) -> pa.Table | None:
-    """source_uri, doc_id, collected_at of the last collected version (small columns only); None on the first run."""
+def previous_batches(previous: TableRef | None, columns: list[str], asset_key: dg.AssetKey, log,
+                     consequence: str) -> Iterator[pa.RecordBatch] | None:
+    """Some columns of the last version of `asset_key`, in batches (None on the first run, or when it cannot be
+    opened: an unreadable old output only costs the incremental comparison or the first times)."""
     try:
-        table = None if previous is None else previous.read(["source_uri", "doc_id"])
-        if table is not None and pc.count_distinct(table["source_uri"]).as_py() != table.num_rows:
-            raise ValueError("source_uri is not unique")
-        return None if table is None else table.cast(pa.schema([COLLECTED_SCHEMA.field(n) for n in table.column_names]))
-    except Exception as error:  # why: an unreadable old output only costs the incremental comparison
-        log.warning(f"Previous {asset_key.to_user_string()} unreadable, counting every document as new: {error}")
+        return None if previous is None else previous.batches(columns)
+    except Exception as error:
+        log.warning(f"Previous {asset_key.to_user_string()} unreadable, {consequence}: {error}")
         return None
 
 
-def keep_rejected_at(rejected: pa.Table, storage: ObjectStore, asset_key: dg.AssetKey, log) -> pa.Table:
+def keep_rejected_at(rejects: Path, storage: ObjectStore, asset_key: dg.AssetKey, work: Path, log) -> Path:
     """A reject the last run already had (same source_uri, reason and detail) keeps its first rejected_at, as an
-    unchanged document keeps its collected_at: a re-run on unchanged sources rewrites the same rejects."""
-    key_columns = ["source_uri", "reason", "detail"]
+    unchanged document keeps its collected_at: a re-run on unchanged sources rewrites the same rejects.
+    DuckDB joins them with the previous rejects, from and to local files (`rejected.parquet` in `work`)."""
+    key_columns, out = ["source_uri", "reason", "detail"], work / "rejected.parquet"
+    consequence = "rejects get this run's time"
+    previous = previous_batches(tables.current(storage, *dataset_and_stage(asset_key)),
+                                [*key_columns, "rejected_at"], asset_key, log, consequence)
     try:
-        ref = tables.current(storage, *dataset_and_stage(asset_key))
-        previous = None if ref is None else ref.read([*key_columns, "rejected_at"])
+        return keep_first_times(rejects, previous, key_columns, "rejected_at", out, work / "rejects")
     except Exception as error:  # why: an unreadable old output only costs the original times
-        log.warning(f"Previous {asset_key.to_user_string()} unreadable, rejects get this run's time: {error}")
-        return rejected
-    if previous is None or previous.num_rows == 0 or rejected.num_rows == 0:
-        return rejected
-    first = previous.cast(pa.schema([REJECTS_SCHEMA.field(n) for n in previous.column_names])).group_by(
-        key_columns).aggregate([("rejected_at", "min")])
-    keys = pa.table({"row": np.arange(rejected.num_rows), **{n: rejected[n] for n in key_columns}})
-    joined = keys.join(first, key_columns, join_type="left outer").sort_by("row")
-    rejected_at = pc.coalesce(joined["rejected_at_min"], rejected["rejected_at"]).cast(TIMESTAMP)
-    return rejected.set_column(rejected.schema.get_field_index("rejected_at"), "rejected_at", rejected_at)
+        log.warning(f"Previous {asset_key.to_user_string()} unreadable, {consequence}: {error}")
+        return keep_first_times(rejects, None, key_columns, "rejected_at", out, work / "rejects-again")
+
+
+def spilled_rejects(path: Path) -> pa.RecordBatchReader:
+    """The rejects file as the table's batches (DuckDB wrote rejected_at last)."""
+    batches = (pa.Table.from_batches([batch]).select(REJECTS_SCHEMA.names).cast(REJECTS_SCHEMA).to_batches()
+               for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS))
+    return pa.RecordBatchReader.from_batches(REJECTS_SCHEMA, (b for parts in batches for b in parts))
 
 
 def utf8_safe(value: str) -> str:
@@ -143,15 +145,13 @@ def utf8_safe(value: str) -> str:
 
 
 class Batches:
-    """Rows appended one by one, kept as Arrow record batches of BATCH_ROWS: a million short records cost
-    what their table costs, not a Python object per value. With a `path`, full batches go to a local Parquet
-    file instead of memory, so memory holds one batch whatever the number of documents."""
+    """Rows appended one by one, written to a local Parquet file in record batches of BATCH_ROWS: memory holds
+    one batch whatever the number of records, and no Python object per value."""
 
-    def __init__(self, schema: pa.Schema, path: Path | None = None):
+    def __init__(self, schema: pa.Schema, path: Path):
         self.schema = schema
         self.path = path
-        self.writer = pq.ParquetWriter(path, schema) if path else None
-        self.batches: list[pa.RecordBatch] = []
+        self.writer = pq.ParquetWriter(path, schema)
         self.columns: dict[str, list] = {name: [] for name in schema.names}
         self.rows = 0
 
@@ -164,58 +164,15 @@ class Batches:
 
     def flush(self) -> None:
         if self.columns[self.schema.names[0]]:
-            batch = pa.RecordBatch.from_pydict(self.columns, schema=self.schema)
-            if self.writer:
-                self.writer.write_batch(batch)
-            else:
-                self.batches.append(batch)
+            self.writer.write_batch(pa.RecordBatch.from_pydict(self.columns, schema=self.schema))
             self.columns = {name: [] for name in self.schema.names}
-
-    def table(self) -> pa.Table:
-        self.flush()
-        table = pa.Table.from_batches(self.batches, schema=self.schema)
-        self.batches = []
-        return table
 
     def close(self) -> None:
         self.flush()
-        if self.writer:
-            self.writer.close()
-
-    def read(self, columns: list[str]) -> pa.Table:
-        """Some columns of the spilled rows (the small ones: the texts stay on disk)."""
-        return pq.read_table(self.path, columns=columns)
+        self.writer.close()
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
         yield from pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS)
-
-
-NEW, CHANGED, UNCHANGED, REPEATED = 0, 1, 2, 3
-CHANGE_NAMES = ["new", "changed", "unchanged"]
-
-
-def compare(documents: pa.Table, previous: pa.Table | None) -> tuple[np.ndarray, int]:
-    """(change code per row: NEW | CHANGED | UNCHANGED, removed count) against the last output; `documents` holds
-    the small columns only (source_uri, doc_id), so the texts are never read."""
-    if previous is None or previous.num_rows == 0:  # first run: no join needed
-        return np.full(documents.num_rows, NEW, np.int8), 0
-    keys = pa.table({"row": np.arange(documents.num_rows), "source_uri": documents["source_uri"],
-                     "doc_id": documents["doc_id"]})
-    before = previous.select(["source_uri", "doc_id"]).rename_columns(["source_uri", "previous_doc_id"])
-    joined = keys.join(before, "source_uri", join_type="left outer").sort_by("row")
-    unchanged = pc.fill_null(pc.equal(joined["previous_doc_id"], joined["doc_id"]), False).to_numpy(
-        zero_copy_only=False)
-    known = pc.is_valid(joined["previous_doc_id"]).to_numpy(zero_copy_only=False)
-    change = np.where(unchanged, UNCHANGED, np.where(known, CHANGED, NEW)).astype(np.int8)
-    removed = previous.num_rows - int(known.sum())
-    return change, removed
-
-
-def removed_uris(documents: pa.Table, previous: pa.Table | None) -> pa.Array:
-    if previous is None or previous.num_rows == 0:
-        return pa.array([], pa.string())
-    uris = previous["source_uri"]
-    return uris.filter(pc.invert(pc.is_in(uris, documents["source_uri"]))).combine_chunks()
 
 
 DELETED = "__deleted"
@@ -257,36 +214,35 @@ def read_sources(context, spec: DatasetSpec, storage: ObjectStore, documents: Ba
     return labels, found, characters
 
 
-def repeated_rows(uris: pa.ChunkedArray) -> np.ndarray:
-    """Rows whose source_uri an earlier row already has (found by sorting the uris alone; a stable sort keeps the
-    first read first among equals)."""
-    if len(uris) < 2:
-        return np.zeros(0, np.int64)
-    order = pc.sort_indices(uris)
-    ordered = uris.take(order)
-    repeats = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1)).combine_chunks()
-    return np.sort(order.slice(1).filter(repeats).to_numpy())
+class Codes:
+    """The change codes of the spilled rows, handed out in runs matching the spill's batches."""
+
+    def __init__(self, codes: Iterator[np.ndarray]):
+        self.codes, self.pending = codes, np.zeros(0, np.int8)
+
+    def take(self, rows: int) -> np.ndarray:
+        while len(self.pending) < rows:
+            self.pending = np.concatenate([self.pending, next(self.codes)])
+        taken, self.pending = self.pending[:rows], self.pending[rows:]
+        return taken
 
 
-def changed_batches(documents: Batches, status: np.ndarray, started: datetime,
-                    removed: pa.Array) -> Iterator[pa.RecordBatch]:
+def changed_batches(documents: Batches, changes: Changes, started: datetime) -> Iterator[pa.RecordBatch]:
     """The merge's source: new and changed documents (read back from the spill in batches), then a deletion row
     per removed source_uri. Unchanged documents are not rewritten, so they keep their collected_at."""
-    offset = 0
+    codes = Codes(changes.codes())
     for batch in documents.iter_batches():
-        rows = status[offset: offset + batch.num_rows]
-        offset += batch.num_rows
+        rows = codes.take(batch.num_rows)
         chosen = batch.filter(pa.array((rows == NEW) | (rows == CHANGED)))
         if chosen.num_rows:
             n = chosen.num_rows
             columns = [pa.repeat(pa.scalar(started, TIMESTAMP), n) if name == "collected_at" else chosen.column(name)
                        for name in COLLECTED_SCHEMA.names]
             yield pa.RecordBatch.from_arrays([*columns, pa.repeat(False, n)], schema=CHANGES_SCHEMA)
-    if len(removed):
-        columns = {name: pa.nulls(len(removed), field.type) for name, field in zip(
-            COLLECTED_SCHEMA.names, COLLECTED_SCHEMA, strict=True)}
-        columns["source_uri"] = removed
-        yield pa.RecordBatch.from_pydict({**columns, DELETED: pa.array([True] * len(removed))}, schema=CHANGES_SCHEMA)
+    for removed in changes.removed_uris():
+        columns = {field.name: pa.nulls(len(removed), field.type) for field in COLLECTED_SCHEMA}
+        columns["source_uri"] = removed.cast(pa.string())
+        yield pa.RecordBatch.from_pydict({**columns, DELETED: pa.repeat(True, len(removed))}, schema=CHANGES_SCHEMA)
 
 
 def drop_deleted(changes: pa.RecordBatchReader) -> pa.RecordBatchReader:
@@ -323,74 +279,77 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
     def collection(context: dg.AssetExecutionContext, storage: ObjectStore):
         started = datetime.now(UTC)
         previous_ref = tables.current(storage, spec.name, "collected")
-        previous = previous_collected(previous_ref, collected_key, context.log)
         with tempfile.TemporaryDirectory(prefix="datamate-collection-") as work:
-            # Documents go to a local spill file as they are read; only their small columns come back to memory.
+            # Documents and rejects go to local spill files as they are read; only counts come back to memory.
             documents = Batches(DOCUMENTS_SCHEMA, Path(work) / "documents.parquet")
-            rejects = Batches(REJECTS_SCHEMA)
+            rejects = Batches(REJECTS_SCHEMA, Path(work) / "rejects.parquet")
             labels, found, characters = read_sources(context, spec, storage, documents, rejects, started)
             documents.close()
-            small = documents.read(["source_uri", "doc_id", "mime_type", "source"])
+
+            consequence = "counting every document as new"
+
+            def unusable(error: Exception) -> None:
+                context.log.warning(f"Previous {collected_key.to_user_string()} unreadable, {consequence}: {error}")
+            previous = previous_batches(previous_ref, ["source_uri", "doc_id"], collected_key, context.log,
+                                        consequence)
+            # Out of core: DuckDB compares the spill's identity columns with the previous version's.
+            changes = compare(documents.path, previous, Path(work) / "compare", unusable)
             # One document per source_uri (the first read); later ones are rejects of the source they came from.
-            repeated = repeated_rows(small["source_uri"])
-            for row in repeated.tolist():
-                source = small["source"][row].as_py()
-                rejects.append(small["source_uri"][row].as_py(), "duplicate_source",
-                               "an earlier document of this run has the same source_uri", started, labels[source])
-                found[source][0] -= 1
-                found[source][1] += 1
-            status = np.full(small.num_rows, REPEATED, np.int8)
-            firsts = np.setdiff1d(np.arange(small.num_rows), repeated)
-            unique = small.take(pa.array(firsts))
-            change, removed = compare(unique, previous)
-            status[firsts] = change
-            rejected = keep_rejected_at(rejects.table(), storage, rejects_key, context.log)
-            counts = Counter({CHANGE_NAMES[code]: int((change == code).sum()) for code in (NEW, CHANGED, UNCHANGED)})
-            total_documents, total_rejects = unique.num_rows, rejected.num_rows
-            newly_collected = counts["new"] + counts["changed"]
+            for batch in changes.repeated():
+                for uri, source in zip(batch.column("source_uri").to_pylist(), batch.column("source").to_pylist(),
+                                       strict=True):
+                    rejects.append(uri, "duplicate_source", "an earlier document of this run has the same source_uri",
+                                   started, labels[source])
+            for source, count in changes.repeated_per_source.items():
+                found[source][0] -= count
+                found[source][1] += count
+            rejects.close()
+            total_documents, total_rejects = changes.documents, rejects.rows
+            newly_collected = changes.new + changes.changed
             context.log.info(
-                f"Collected {total_documents} documents ({counts['new']} new, {counts['changed']} changed, "
-                f"{counts['unchanged']} unchanged, {removed} removed) and {total_rejects} rejects"
+                f"Collected {total_documents} documents ({changes.new} new, {changes.changed} changed, "
+                f"{changes.unchanged} unchanged, {changes.removed} removed) and {total_rejects} rejects"
             )
             if collected_key in context.selected_asset_keys:
                 changed_rows = pa.RecordBatchReader.from_batches(
-                    CHANGES_SCHEMA, changed_batches(documents, status, started, removed_uris(unique, previous)))
+                    CHANGES_SCHEMA, changed_batches(documents, changes, started))
                 if previous_ref is None:
                     ref = tables.write(storage, spec.name, "collected", drop_deleted(changed_rows),
                                        run_id=context.run.run_id)
                 else:
                     ref, _ = tables.merge(storage, spec.name, "collected", changed_rows, keys=["source_uri"],
                                           deleted_column=DELETED, run_id=context.run.run_id)
-                mime_types = [(r["values"], r["counts"]) for r in pc.value_counts(unique["mime_type"]).to_pylist()]
                 per_source = [[label, *n, sum(n)] for label, n in zip(labels, found, strict=True)]
                 yield dg.Output(ref, output_name="collected", metadata={
                     "inputs": total_documents + total_rejects,
                     "collected": newly_collected,
-                    "new": counts["new"],
-                    "changed": counts["changed"],
-                    "unchanged": counts["unchanged"],
-                    "removed": removed,
+                    "new": changes.new,
+                    "changed": changes.changed,
+                    "unchanged": changes.unchanged,
+                    "removed": changes.removed,
                     "rejected": total_rejects,
                     "summary": dg.MetadataValue.md(
                         f"**Inputs {total_documents + total_rejects}** = collected {newly_collected} "
-                        f"(new {counts['new']}, changed {counts['changed']}) + rejected {total_rejects} "
-                        f"+ unchanged {counts['unchanged']}; removed since last run: {removed}"
+                        f"(new {changes.new}, changed {changes.changed}) + rejected {total_rejects} "
+                        f"+ unchanged {changes.unchanged}; removed since last run: {changes.removed}"
                     ),
                     "sources": dg.MetadataValue.md(
                         markdown_table(["source", "documents", "rejects", "inputs"], per_source)
                     ),
-                    "mime_types": dg.MetadataValue.md(
-                        markdown_table(["mime type", "documents"], sorted(mime_types, key=lambda m: -m[1]))
-                    ),
+                    "mime_types": dg.MetadataValue.md(markdown_table(["mime type", "documents"], changes.mime_types)),
                     "text_characters": characters,
                 })
-        if rejects_key in context.selected_asset_keys:
-            reasons = Counter({r["values"]: r["counts"] for r in pc.value_counts(rejected["reason"]).to_pylist()})
-            yield dg.Output(rejected, output_name="collection_rejects", metadata={
-                "rejected": total_rejects,
-                "reasons": dg.MetadataValue.md(markdown_table(
-                    ["reason", "inputs", "meaning"], [[r, n, REASONS[r]] for r, n in reasons.most_common()]
-                )),
-            })
+            if rejects_key in context.selected_asset_keys:
+                rejected = keep_rejected_at(rejects.path, storage, rejects_key, Path(work), context.log)
+                reasons = Counter()
+                for batch in pq.ParquetFile(rejected).iter_batches(batch_size=BATCH_ROWS, columns=["reason"]):
+                    reasons.update(batch.column("reason").to_pylist())
+                # Dagster hands this output to the IO manager, which writes it from the file, before resuming here.
+                yield dg.Output(spilled_rejects(rejected), output_name="collection_rejects", metadata={
+                    "rejected": total_rejects,
+                    "reasons": dg.MetadataValue.md(markdown_table(
+                        ["reason", "inputs", "meaning"], [[r, n, REASONS[r]] for r, n in reasons.most_common()]
+                    )),
+                })
 
     return dg.Definitions(assets=[collection])

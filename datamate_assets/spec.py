@@ -75,6 +75,30 @@ class SqlSource(ReaderOptions):
 Source = Annotated[FolderSource | S3Source | WebSource | SqlSource, Field(discriminator="type")]
 
 
+# --- Ray resources of `executor: ray` -----------------------------------------------------------------
+class RaySection(Section):
+    """What a stage with `executor: ray` reserves on the Ray cluster (checked against the cluster when it runs).
+
+    Annotation and indexing run a pool of actors. Cleaning runs map tasks (read, mappers and filters, dedup
+    signatures, write) and, per dedup step, `actors` union-find shard actors that reserve no CPU."""
+
+    cpus_per_actor: float = Field(1.0, gt=0, le=256,
+                                  description="CPUs reserved by each Ray actor (cleaning: by each map task)")
+    actors: int | None = Field(None, ge=1, le=4096,
+                               description="Ray actors (default: as many as the cluster's CPUs hold; cleaning: "
+                                           "dedup shard actors per dedup step, default one per cluster CPU)")
+    memory_mb: int | None = Field(None, ge=64,
+                                  description="Memory reserved by each Ray actor (cleaning: by each map task), in MB")
+    rows_per_shard: int = Field(512, ge=1, le=1_000_000,
+                                description="Input rows an actor reads per shard (cleaning: rows per map batch)")
+
+
+def _ray_needs_ray_executor(section) -> None:
+    if "ray" in section.model_fields_set and section.executor != "ray":
+        raise ValueError("`ray:` sets the Ray resources of `executor: ray`; this section's executor is "
+                         f"{section.executor!r}")
+
+
 # --- cleaning -----------------------------------------------------------------------------------------
 class CleaningSection(Section):
     executor: Literal["local", "ray"] = Field("local", description="Run in-process or on the Ray resource")
@@ -86,11 +110,13 @@ class CleaningSection(Section):
     config: Path | None = Field(
         None, description="Data-Juicer config file whose `process:` and `text_keys` run instead (relative to the spec)"
     )
+    ray: RaySection = RaySection()
 
     @model_validator(mode="after")
     def _process_or_config(self) -> "CleaningSection":
         if self.config is not None and self.process:
             raise ValueError("give either `process:` or `config:`, not both")
+        _ray_needs_ray_executor(self)
         return self
 
     @field_validator("process")
@@ -106,22 +132,6 @@ class CleaningSection(Section):
 class LabelStudioSection(Section):
     export: bool = Field(True, description="Write Label Studio tasks with pre-annotations to storage")
     inbox: str = Field("label_studio/inbox", description="Storage prefix where completed exports are dropped")
-
-
-class RaySection(Section):
-    """What a stage with `executor: ray` reserves on the Ray cluster (checked against the cluster when it runs)."""
-
-    cpus_per_actor: float = Field(1.0, gt=0, le=256, description="CPUs reserved by each Ray actor")
-    actors: int | None = Field(None, ge=1, le=4096,
-                               description="Ray actors (default: as many as the cluster's CPUs hold)")
-    memory_mb: int | None = Field(None, ge=64, description="Memory reserved by each Ray actor, in MB")
-    rows_per_shard: int = Field(512, ge=1, le=1_000_000, description="Input rows an actor reads per shard")
-
-
-def _ray_needs_ray_executor(section) -> None:
-    if "ray" in section.model_fields_set and section.executor != "ray":
-        raise ValueError("`ray:` sets the Ray resources of `executor: ray`; this section's executor is "
-                         f"{section.executor!r}")
 
 
 class Budget(Section):

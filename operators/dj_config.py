@@ -3,14 +3,15 @@
 `load_config` reads the file, applies command-line overrides, loads the operators it names from outside this
 package (`custom_operator_paths`) and validates every step, all before any data is read. Keys that have no
 meaning here are accepted and reported once each with what happens instead; unknown keys are an error that
-lists the close names. `read_dataset` / `export_dataset` follow Data-Juicer's `dataset_path` and
-`export_path` / `export_shard_size` conventions.
+lists the close names. `InputDataset` / `Exporter` follow Data-Juicer's `dataset_path` and
+`export_path` / `export_shard_size` conventions, a batch at a time.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from operators.base import DEFAULT_TEXT_KEY
-from operators.recipe import STATS, Recipe, RecipeError, read_recipe_file
+from operators.recipe import BATCH_ROWS, STATS, Recipe, RecipeError, read_recipe_file
 from operators.registry import load_operator_paths
 
 # Global keys read here, with what they mean in DataMate.
@@ -191,39 +192,135 @@ def _input_files(path: Path, suffixes: list[str]) -> list[Path]:
     return files
 
 
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
+def _json_chunks(path: Path, rows: int) -> Iterator[list[dict[str, Any]]]:
+    """The records of a JSON lines file (or a JSON array file, which is parsed whole), `rows` at a time."""
     with path.open(encoding="utf-8") as lines:
         first = lines.read(1)
         lines.seek(0)
-        if first == "[":  # a JSON array file
-            return json.load(lines)
-        rows = []
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise RecipeError(f"{path}:{number}: not a JSON object: {error}") from error
-        return rows
+        if first == "[":
+            try:
+                records = json.load(lines)
+            except json.JSONDecodeError as error:
+                raise RecipeError(f"{path}: not a JSON array of objects: {error}") from error
+            numbered: Iterable[tuple[int, Any]] = enumerate(records, 1)
+        else:
+            numbered = ((number, _json_line(path, number, line)) for number, line in enumerate(lines, 1)
+                        if line.strip())
+        chunk = []
+        for number, record in numbered:
+            if not isinstance(record, dict):
+                raise RecipeError(f"{path}:{number}: not a JSON object: {type(record).__name__}")
+            chunk.append(record)
+            if len(chunk) == rows:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
 
-def read_file(path: Path) -> pa.Table:
-    """One input file as a table; a .txt file is one record (Data-Juicer's text formatter)."""
+def _json_line(path: Path, number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:
+        raise RecipeError(f"{path}:{number}: not a JSON object: {error}") from error
+
+
+def _records_schema(path: Path, records: list[dict[str, Any]]) -> pa.Schema:
+    """The fields of every record (`Table.from_pylist` would take the first record's keys only)."""
+    try:
+        return pa.schema(list(pa.array(records).type))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise RecipeError(f"{path}: records whose fields do not fit one type: {error}") from error
+
+
+def _records_table(path: Path, records: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    try:
+        return pa.Table.from_pylist(records, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise RecipeError(f"{path}: records whose fields do not fit one type: {error}") from error
+
+
+def _file_schema(path: Path) -> pa.Schema:
+    """One input file's schema: Parquet and CSV from their first bytes, JSON from every record (its fields may
+    appear, or change from null to a type, anywhere in the file)."""
     if path.suffix == ".parquet":
-        return pq.read_table(path)
+        return pq.read_schema(path)
     if path.suffix in (".jsonl", ".json"):
-        return pa.Table.from_pylist(_read_json_lines(path))
+        return _unify(path, [_records_schema(path, chunk) for chunk in _json_chunks(path, BATCH_ROWS)])
     if path.suffix == ".csv":
-        return pa_csv.read_csv(path)
+        with pa_csv.open_csv(path) as reader:
+            return reader.schema
     if path.suffix == ".txt":
-        return pa.table({"text": [path.read_text(encoding="utf-8", errors="replace")]})
+        return pa.schema([("text", pa.string())])
     raise RecipeError(f"{path}: unsupported format {path.suffix!r} (use {', '.join(INPUT_SUFFIXES)})")
 
 
+def _unify(where: Path, schemas: list[pa.Schema]) -> pa.Schema:
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise RecipeError(f"{where}: {error}") from error
+
+
+def _conform(path: Path, table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A file's batch in the dataset's schema: columns aligned by name, missing ones null."""
+    columns = []
+    for wanted in schema:
+        if wanted.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, wanted.type))
+            continue
+        try:
+            columns.append(table.column(wanted.name).cast(wanted.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as error:
+            raise RecipeError(f"{path}: field {wanted.name!r} cannot be read as {wanted.type}: {error}") from error
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+@dataclass
+class InputDataset:
+    """A file or a folder of files (recursively), read in batches; files with other columns are aligned by name
+    (Data-Juicer's `dataset_path`). A .txt file is one record (Data-Juicer's text formatter)."""
+
+    files: list[Path]
+    schema: pa.Schema
+
+    @classmethod
+    def open(cls, path: Path, suffixes: list[str] | None = None) -> InputDataset:
+        """List the files and settle one schema for all of them (JSON files are read once for it)."""
+        files = _input_files(Path(path), suffixes or [])
+        return cls(files, _unify(Path(path), [_file_schema(file) for file in files]))
+
+    def batches(self, rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+        for path in self.files:
+            for table in self._file_batches(path, rows):
+                if table.num_rows:
+                    yield _conform(path, table, self.schema)
+
+    def _file_batches(self, path: Path, rows: int) -> Iterator[pa.Table]:
+        if path.suffix == ".parquet":
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+                yield pa.Table.from_batches([batch])
+        elif path.suffix in (".jsonl", ".json"):
+            for chunk in _json_chunks(path, rows):
+                yield _records_table(path, chunk, self.schema)
+        elif path.suffix == ".csv":
+            with pa_csv.open_csv(path) as reader:
+                try:
+                    for batch in reader:
+                        yield pa.Table.from_batches([batch])
+                except pa.ArrowInvalid as error:  # a later block that does not fit the types of the first
+                    raise RecipeError(f"{path}: {error}") from error
+        else:
+            yield pa.table({"text": [path.read_text(encoding="utf-8", errors="replace")]})
+
+    def table(self) -> pa.Table:
+        """The whole dataset in memory (`datamate analyze`, benchmarks); cleaning streams `batches()`."""
+        return pa.Table.from_batches([b for t in self.batches() for b in t.to_batches()], schema=self.schema)
+
+
 def read_dataset(path: Path, suffixes: list[str] | None = None) -> pa.Table:
-    """A file or a folder of files (recursively) as one table; files with other columns are aligned by name."""
-    tables = [read_file(p) for p in _input_files(Path(path), suffixes or [])]
-    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    """A file or a folder of files as one in-memory table (see `InputDataset`)."""
+    return InputDataset.open(path, suffixes).table()
 
 
 def _export_suffix(path: Path, export_type: str | None = None) -> str:
@@ -233,40 +330,95 @@ def _export_suffix(path: Path, export_type: str | None = None) -> str:
     return suffix
 
 
-def _write(table: pa.Table, path: Path, suffix: str) -> None:
-    if suffix == "parquet":
-        pq.write_table(table, path)
-        return
-    with path.open("w", encoding="utf-8") as out:
+class _FileWriter:
+    """One export file, appended to batch by batch: JSON lines (.jsonl and .json, as Data-Juicer writes) or
+    Parquet."""
+
+    def __init__(self, path: Path, suffix: str, schema: pa.Schema):
+        self.path = path
+        self.parquet = pq.ParquetWriter(path, schema) if suffix == "parquet" else None
+        self.lines = None if self.parquet else path.open("w", encoding="utf-8")
+
+    def write(self, table: pa.Table) -> None:
+        if self.parquet:
+            self.parquet.write_table(table)
+            return
         for batch in table.to_batches(max_chunksize=1000):
-            for row in batch.to_pylist():
-                out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            self.lines.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n"
+                                  for row in batch.to_pylist())
+
+    def close(self) -> None:
+        (self.parquet or self.lines).close()
 
 
-def export_dataset(table: pa.Table, path: Path, shard_size: int = 0, export_type: str | None = None,
-                   keep_stats: bool = False) -> list[Path]:
-    """Write `table` as Data-Juicer does: one file, or shards `{name}-{i}-of-{n}.{suffix}` of at most
-    `shard_size` bytes; without `keep_stats` the `stats` column goes to `{name}_stats.jsonl` instead.
-    Returns the files written, the data first."""
-    suffix = _export_suffix(path, export_type)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    if STATS in table.column_names and not keep_stats:
-        _write(table.select([STATS]), path.with_name(f"{path.stem}_stats.jsonl"), "jsonl")
-        written.append(path.with_name(f"{path.stem}_stats.jsonl"))
-        table = table.drop_columns([STATS])
-    if shard_size <= 0 or table.num_rows <= 1:
-        _write(table, path, suffix)
-        return [path, *written]
-    shard_files = []
-    shards = min(int(table.nbytes / shard_size) + 1, table.num_rows)
-    width = len(str(shards)) + 1
-    for index in range(shards):
-        name = path.with_name(f"{path.stem}-{index:0{width}d}-of-{shards:0{width}d}.{suffix}")
-        start, end = table.num_rows * index // shards, table.num_rows * (index + 1) // shards
-        _write(table.slice(start, end - start), name, suffix)
-        shard_files.append(name)
-    return shard_files + written
+class Exporter:
+    """Writes records as Data-Juicer exports them, batch by batch: one file, or shards of at most `shard_size`
+    bytes (Arrow size) named `{name}-{i}-of-{n}.{suffix}` once the last one is written; without `keep_stats` the
+    `stats` column goes to `{name}_stats.jsonl` instead. `schema`: the records' schema (an empty export has it)."""
+
+    def __init__(self, path: Path, schema: pa.Schema, shard_size: int = 0, export_type: str | None = None,
+                 keep_stats: bool = False):
+        self.path, self.shard_size, self.rows = path, shard_size, 0
+        self.suffix = _export_suffix(path, export_type)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.stats = None
+        if STATS in schema.names and not keep_stats:
+            stats_path = path.with_name(f"{path.stem}_stats.jsonl")
+            self.stats = _FileWriter(stats_path, "jsonl", pa.schema([schema.field(STATS)]))
+            schema = schema.remove(schema.get_field_index(STATS))
+        self.schema = schema
+        self.shards: list[Path] = []
+        self.current: _FileWriter | None = None
+        self.current_bytes = 0.0
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        table = table if isinstance(table, pa.Table) else pa.Table.from_batches([table])
+        if not table.num_rows:
+            return
+        if self.stats:
+            self.stats.write(table.select([STATS]))
+        table = table.select(self.schema.names).cast(self.schema)
+        self.rows += table.num_rows
+        if self.shard_size <= 0:
+            self._writer().write(table)
+            return
+        row_bytes = table.nbytes / table.num_rows
+        start = 0
+        while start < table.num_rows:
+            if self.current is not None and self.current_bytes >= self.shard_size:
+                self.current.close()
+                self.current = None
+            room = self.shard_size - self.current_bytes
+            take = min(table.num_rows - start, max(1, int(room // row_bytes)))
+            self._writer().write(table.slice(start, take))
+            self.current_bytes += take * row_bytes
+            start += take
+
+    def _writer(self) -> _FileWriter:
+        if self.current is None:
+            path = self.path if self.shard_size <= 0 else \
+                self.path.with_name(f"{self.path.stem}-{len(self.shards)}.{self.suffix}.partial")
+            self.current, self.current_bytes = _FileWriter(path, self.suffix, self.schema), 0.0
+            self.shards.append(path)
+        return self.current
+
+    def close(self) -> list[Path]:
+        """Finish the files; returns the files written, the data first."""
+        self._writer()  # an empty export is one empty file
+        self.current.close()
+        if self.stats:
+            self.stats.close()
+        files = self.shards
+        if self.shard_size > 0:
+            if self.rows <= 1:  # one record is never sharded
+                files = [self.shards[0].rename(self.path)]
+            else:
+                count = len(self.shards)
+                width = len(str(count)) + 1
+                files = [shard.rename(self.path.with_name(f"{self.path.stem}-{index:0{width}d}-of-{count:0{width}d}"
+                                                          f".{self.suffix}"))
+                         for index, shard in enumerate(self.shards)]
+        return [*files, *([self.stats.path] if self.stats else [])]
 
 
 # --- checking a config without running it ----------------------------------------------------------------------

@@ -23,18 +23,21 @@ Incremental runs put the published documents' signature index rows in the same s
 they sort first, so they are the kept side of any duplicate and are never dropped.
 
 Output: Parquet parts written by the tasks into the destination folders; the caller commits them as one table
-version (`datamate_resources.tables.commit_parts`) or merges them. A task Ray retries writes new parts; only the
-parts whose task result reached the driver are committed, so a retry never duplicates rows.
+version (`datamate_resources.tables.commit_parts`) or merges them (`run_ray_batches`, for `datamate clean`, first
+writes its input batches as Parquet files and streams the parts back out). A task Ray retries writes new parts;
+only the parts whose task result reached the driver are committed, so a retry never duplicates rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from operator import attrgetter
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -48,6 +51,7 @@ import pyarrow.parquet as pq
 from operators.base import Deduplicator, Selector, SplitMapper
 from operators.dedup.buckets import BucketDeduplicator, bucket_edges
 from operators.dedup.lines import DocumentLineDeduplicator
+from operators.ray_shards import RayStageResources
 from operators.recipe import (
     ALIVE,
     BATCH_ROWS,
@@ -70,13 +74,19 @@ from operators.recipe import (
     split_rows,
     stats_type,
 )
-from operators.stream import INDEX_SCHEMA  # noqa: F401 - the signature index rows the workers write
+from operators.stream import (
+    INDEX_SCHEMA,  # noqa: F401 - the signature index rows the workers write
+    Sink,
+    StreamResult,
+    output_schemas,
+)
 
 REPORT = "__report"
 SHARD_ATTEMPTS = 3  # a dedup step runs again when a node that held shard actors died
 PUBLISHED_OFFSET = -(1 << 62)  # published documents' row ids: below every new row, in index scan order
 SALT = np.uint64(0x9E3779B97F4A7C15)
 IDENTITY_SEPARATOR = "\x1f"
+INPUT_PART_ROWS = 10_000  # rows per input file `run_ray_batches` writes: one read task each
 
 
 def identity_of(table: pa.Table | pa.RecordBatch, columns: Sequence[str]) -> pa.Array:
@@ -690,28 +700,46 @@ def _shape(op: BucketDeduplicator) -> tuple:
     return probe.dtype, probe.shape[1]
 
 
+def task_options(resources: RayStageResources | None, cluster: dict[str, float]) -> tuple[dict, dict]:
+    """The map tasks' Ray options (CPUs, memory) and batch size from the spec's `ray:` section (`cpus_per_actor`,
+    `memory_mb`, `rows_per_shard`); None: Ray's defaults. A task the cluster cannot hold is an error naming the
+    fields (the check the other Ray stages make for their actors)."""
+    if resources is None:
+        return {}, {}
+    dataclasses.replace(resources, actors=None).actor_count(cluster, "cleaning")
+    options: dict[str, Any] = {"num_cpus": resources.cpus_per_actor}
+    if resources.memory_mb:
+        options["memory"] = resources.memory_mb * 2**20
+    return options, {"batch_size": resources.rows_per_shard}
+
+
 def run_ray_tables(recipe: Recipe, source: Source, outputs: Outputs, *, new_identities: pa.Array | None = None,
                    index: Source | None = None, current: pa.Array | None = None, shards: int | None = None,
+                   resources: RayStageResources | None = None,
                    log: Callable[[str], None] | None = None) -> RayRun:
     """Run `recipe` over `source` on the connected Ray cluster (call `ray.init` first); write to `outputs`.
 
     `new_identities`: only these documents run (an incremental run). `index` + `current`: the published
     documents' signature index, of which the rows of the still-collected documents (`current` identities) take
-    part in every dedup step and are carried into the new index."""
+    part in every dedup step and are carried into the new index. `resources` (the spec's `ray:`): CPUs and memory
+    per map task, rows per batch, and `actors`: the dedup shard actors per step (default: one per cluster CPU;
+    they reserve no CPU, so any number fits)."""
     import ray
 
     log = log or (lambda message: None)
     text_key = recipe.text_key
     if text_key not in source.schema.names:
         raise RecipeError(f"input has no text column {text_key!r} (columns: {', '.join(source.schema.names)})")
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    shards = shards or max(1, cpus)
+    cluster = ray.cluster_resources()
+    task, batch = task_options(resources, cluster)
+    cpus = max(1, int(cluster.get("CPU", 1)))
+    shards = shards or (resources.actors if resources else None) or cpus
     id_columns = outputs.identity_columns
     new_ref = ray.put(new_identities) if new_identities is not None else None
     current_ref = ray.put(current) if current is not None and index is not None else None
     files = pa.table({"uri": [u for u, _ in source.files], "offset": [o for _, o in source.files]})
     ds = (ray.data.from_arrow(files).repartition(max(1, len(source.files)))
-          .map_batches(_read_files, batch_size=1, batch_format="numpy",
+          .map_batches(_read_files, batch_size=1, batch_format="numpy", **task,
                        fn_args=(source.storage_options, text_key, stats_type(recipe.operators), new_ref, id_columns)))
     index_files = pa.table({"uri": [u for u, _ in index.files], "offset": [o for _, o in index.files]}) \
         if index is not None and index.files and current_ref is not None else None
@@ -727,14 +755,15 @@ def run_ray_tables(recipe: Recipe, source: Source, outputs: Outputs, *, new_iden
             started = time.perf_counter()
             if isinstance(op, BucketDeduplicator | DocumentLineDeduplicator):
                 dedup_steps.append(step)
-                ds = ds.map_batches(_signatures, fn_args=(step, op, text_key), batch_format="pyarrow").materialize()
+                ds = ds.map_batches(_signatures, fn_args=(step, op, text_key), batch_format="pyarrow", **task,
+                                    **batch).materialize()
                 count = getattr(op, "shards", None) or shards  # ray_bts_minhash_deduplicator's union_find_parallel_num
                 published = (ray.data.from_arrow(index_files).repartition(max(1, index_files.num_rows)), index,
                              current_ref) if index_files is not None else None
                 for attempt in range(1, SHARD_ATTEMPTS + 1):
                     group = [shard_class.options(scheduling_strategy="SPREAD").remote(i, count) for i in range(count)]
                     try:
-                        decided = _dedup_step(ds, step, op, text_key, group, published, log)
+                        decided = _dedup_step(ds, step, op, text_key, group, published, {**task, **batch}, log)
                         kept_up += group
                         ray.get([shard.release.remote() for shard in group])
                         break
@@ -756,18 +785,19 @@ def run_ray_tables(recipe: Recipe, source: Source, outputs: Outputs, *, new_iden
                 columns = [ROW, DROP_STEP, *op.fields()]
                 decision = decide_selection(op, pa.concat_tables(ray.get(ds.select_columns(columns).to_arrow_refs())),
                                             text_key)
-                ds = ds.map_batches(_apply_selection, fn_args=(step, text_key, decision), batch_format="pyarrow")
+                ds = ds.map_batches(_apply_selection, fn_args=(step, text_key, decision), batch_format="pyarrow",
+                                    **task, **batch)
                 stats[step].seconds = time.perf_counter() - started
             elif isinstance(op, SplitMapper):
-                ds = ds.map_batches(_split, fn_args=(step, op, text_key), batch_format="pyarrow")
+                ds = ds.map_batches(_split, fn_args=(step, op, text_key), batch_format="pyarrow", **task, **batch)
             else:
-                ds = ds.map_batches(_segment, fn_args=(part, text_key), batch_format="pyarrow")
+                ds = ds.map_batches(_segment, fn_args=(part, text_key), batch_format="pyarrow", **task, **batch)
         written = ds.map_batches(_write, fn_args=(tuple(recipe.names), tuple(dedup_steps), outputs),
-                                 batch_size=BATCH_ROWS, batch_format="pyarrow")
+                                 batch_size=BATCH_ROWS, batch_format="pyarrow", **task)
         if outputs.index is not None and index_files is not None and dedup_steps:
             written = written.union(
                 ray.data.from_arrow(index_files).repartition(max(1, index_files.num_rows))
-                .map_batches(_carry_published, batch_size=1, batch_format="numpy",
+                .map_batches(_carry_published, batch_size=1, batch_format="numpy", **task,
                              fn_args=(index.storage_options, tuple(dedup_steps), current_ref, outputs.index)))
         results = written.take_all()  # one small row per write task: its parts and folded statistics
     finally:
@@ -776,17 +806,18 @@ def run_ray_tables(recipe: Recipe, source: Source, outputs: Outputs, *, new_iden
     return _collect(recipe, stats, results, log)
 
 
-def _dedup_step(ds, step: int, op: Deduplicator, text_key: str, group: list, published, log):
+def _dedup_step(ds, step: int, op: Deduplicator, text_key: str, group: list, published, task: dict, log):
     """Keys and fingerprints to the shards, components (or repeated units) resolved there, and the decision applied
     to the documents where they are; returns the materialized result (the shards can go)."""
     import ray
 
     bucket = isinstance(op, BucketDeduplicator)
     ray.get([s.set_peers.remote(group) for s in group])
-    pushed = ds.map_batches(_push_new, fn_args=(step, group, bucket), batch_format="pyarrow")
+    pushed = ds.map_batches(_push_new, fn_args=(step, group, bucket), batch_format="pyarrow", **task)
     if published is not None:
         files, index, current_ref = published
-        pushed = pushed.union(files.map_batches(_push_published, batch_size=1, batch_format="numpy",
+        options = {name: value for name, value in task.items() if name != "batch_size"}
+        pushed = pushed.union(files.map_batches(_push_published, batch_size=1, batch_format="numpy", **options,
                                                 fn_args=(index.storage_options, step, current_ref, group, bucket)))
     pushed.materialize()
     if bucket:
@@ -794,11 +825,14 @@ def _dedup_step(ds, step: int, op: Deduplicator, text_key: str, group: list, pub
         edges = sum(ray.get([s.candidates.remote(op, shape) for s in group]))
         _resolve(group)
         dups = sum(ray.get([s.explain.remote(op, shape) for s in group]))
-        log(f"step {step} {op.name} (ray): {edges} verified candidate pairs, {dups} duplicates")
-        return ds.map_batches(_apply_bucket, fn_args=(step, text_key, group), batch_format="pyarrow").materialize()
+        log(f"step {step} {op.name} (ray): {len(group)} shard actors, {edges} verified candidate pairs, "
+            f"{dups} duplicates")
+        return ds.map_batches(_apply_bucket, fn_args=(step, text_key, group), batch_format="pyarrow",
+                              **task).materialize()
     units = sum(ray.get([s.repeated_units.remote() for s in group]))
-    log(f"step {step} {op.name} (ray): {units} units repeated across documents")
-    return ds.map_batches(_apply_lines, fn_args=(step, op, text_key, group), batch_format="pyarrow").materialize()
+    log(f"step {step} {op.name} (ray): {len(group)} shard actors, {units} units repeated across documents")
+    return ds.map_batches(_apply_lines, fn_args=(step, op, text_key, group), batch_format="pyarrow",
+                          **task).materialize()
 
 
 def _alive(shard) -> bool:
@@ -843,3 +877,47 @@ def parts_dataset(parts: Sequence[Part], storage_options: dict[str, str] | None)
         return None
     fs, _ = filesystem(parts[0].uri, storage_options)
     return pds.dataset([filesystem(p.uri, storage_options)[1] for p in parts], filesystem=fs, format="parquet")
+
+
+def run_ray_batches(recipe: Recipe, batches: Iterable[pa.Table | pa.RecordBatch], workdir: Path, kept: Sink,
+                    drops: Sink, *, part_rows: int = INPUT_PART_ROWS, resources: RayStageResources | None = None,
+                    log: Callable[[str], None] | None = None) -> StreamResult:
+    """`run_stream`'s contract on the connected Ray cluster, for input that is no table yet (`datamate clean`).
+
+    The batches are written to Parquet files of `part_rows` rows in `workdir`, numbered in order; the workers run
+    `run_ray_tables` on them and write the kept rows and drops as parts into `workdir` too, which are then streamed
+    into `kept` (input order) and `drops`. The workers read and write `workdir`: on a cluster it must be a folder
+    the nodes share (as Data-Juicer's Ray mode needs its dataset and export paths to be)."""
+    folder = workdir / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    files: list[tuple[str, int]] = []
+    schema: pa.Schema | None = None
+    writer: pq.ParquetWriter | None = None
+    rows = part = 0
+    for batch in batches:
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        schema = schema or table.schema
+        start = 0
+        while start < table.num_rows:
+            if writer is None or part >= part_rows:
+                if writer is not None:
+                    writer.close()
+                path = folder / f"part-{len(files):06d}.parquet"
+                writer, part = pq.ParquetWriter(path, schema), 0
+                files.append((str(path.resolve()), rows))
+            take = min(part_rows - part, table.num_rows - start)
+            writer.write_table(table.slice(start, take).cast(schema))
+            start, part, rows = start + take, part + take, rows + take
+    if writer is not None:
+        writer.close()
+    if schema is None:  # no input: nothing to send to the cluster
+        return StreamResult([StepStats(i, name, op.kind) for i, (name, op) in enumerate(zip(
+            recipe.names, recipe.operators, strict=True))], 0, 0, recipe.hash)
+    kept_schema, drops_schema = output_schemas(schema, recipe)
+    outputs = Outputs(Destination(str((workdir / "kept").resolve()), kept_schema),
+                      Destination(str((workdir / "drops").resolve()), drops_schema))
+    run = run_ray_tables(recipe, Source(tuple(files), schema), outputs, resources=resources, log=log)
+    for parts, sink in ((run.kept, kept), (run.drops, drops)):
+        for table in read_parts(parts, None):
+            sink.write(table)
+    return StreamResult(run.stats, run.kept_rows, run.dropped_rows, recipe.hash)

@@ -5,8 +5,8 @@ dataset spec's cleaning section. Running it keeps every input accounted for: eac
 dropped by exactly one step with a reason, and a document that makes an operator raise is dropped with the
 error instead of stopping the run.
 
-`run_local` and `run_ray` share the per-batch step
-(`apply_steps`) and the dedup decisions, so they produce identical output on the same input.
+The streaming runner (`operators/stream.py`) and the Ray executor (`operators/ray_exec.py`) share the per-batch
+steps (`apply_steps`, `split_rows`) and the dedup decisions, so they produce identical output on the same input.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from operators.base import (
     Selector,
     SplitMapper,
 )
-from operators.dedup.buckets import BucketDeduplicator, bucket_edges, duplicate_map
+from operators.dedup.buckets import BucketDeduplicator
 from operators.dedup.lines import DocumentLineDeduplicator
 from operators.registry import OperatorConfigError, build_operator
 
@@ -142,9 +142,6 @@ class RecipeResult:
     stats: list[StepStats]
     recipe_hash: str
 
-    def stats_json(self) -> list[dict[str, Any]]:
-        return [asdict(s) for s in self.stats]
-
 
 def _short(text: str) -> str:
     return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
@@ -152,14 +149,24 @@ def _short(text: str) -> str:
 
 def change_example(before: str, after: str) -> dict[str, str]:
     """Before/after cut around the first change, so the removed e-mail or link is in view."""
-    start = next((i for i, (a, b) in enumerate(zip(before, after, strict=False)) if a != b), min(len(before),
-                                                                                               len(after)))
-    start = max(0, start - EXAMPLE_CHARS // 3)
+    start = max(0, _common_prefix(before, after) - EXAMPLE_CHARS // 3)
 
     def window(text: str) -> str:
         cut = text[start: start + EXAMPLE_CHARS]
         return ("…" if start else "") + cut + ("…" if start + EXAMPLE_CHARS < len(text) else "")
     return {"before": window(before), "after": window(after)}
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix, by bisection on slices (no Python loop over the characters)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _error_reason(error: BaseException) -> str:
@@ -195,20 +202,6 @@ def stats_type(operators: Sequence[Operator]) -> pa.StructType | None:
             for name, kind in op.stat_types().items():
                 fields.setdefault(name, pa.string() if kind is str else pa.float64())
     return pa.struct(list(fields.items())) if fields else None
-
-
-def with_bookkeeping(table: pa.Table, stats: pa.StructType | None = None) -> pa.Table:
-    """Add the row id and drop columns the runner tracks every document with, and the empty `stats` column.
-
-    An input `stats` column (e.g. from an earlier run) is replaced: the recipe's filters compute it anew.
-    """
-    n = table.num_rows
-    if STATS in table.column_names:
-        table = table.drop_columns([STATS])
-    table = table.append_column(ROW, pa.array(np.arange(n, dtype=np.int64)))
-    table = table.append_column(DROP_STEP, pa.array(np.full(n, ALIVE, dtype=np.int32)))
-    table = table.append_column(DROP_REASON, pa.nulls(n, pa.string()))
-    return table.append_column(STATS, pa.nulls(n, stats)) if stats is not None else table
 
 
 class _Records:
@@ -267,8 +260,8 @@ def apply_steps(batch: pa.Table, steps: Sequence[tuple[int, Operator]], text_key
                 ) -> tuple[pa.Table, list[StepStats]]:
     """Apply consecutive mappers and filters to one batch; dropped documents stay, marked with step and reason.
 
-    Filters' statistics go into the batch's `stats` column when it has one (see `with_bookkeeping`), for the
-    kept and the dropped documents alike.
+    Filters' statistics go into the batch's `stats` column when it has one (`operators.stream.with_bookkeeping`),
+    for the kept and the dropped documents alike.
     """
     texts = batch.column(text_key).to_pylist()
     drop_step = batch.column(DROP_STEP).to_numpy(zero_copy_only=False).copy()
@@ -450,21 +443,6 @@ class DedupDecision:
     rewrites: dict[int, str] = field(default_factory=dict)
 
 
-def decide_bucket_dedup(op: BucketDeduplicator, fps: np.ndarray, rows: np.ndarray, first: np.ndarray,
-                        other: np.ndarray, doc_ids: dict[int, str], protected: set[int]) -> DedupDecision:
-    """Verify candidate pairs (row ids) and resolve components; shared by both executors."""
-    position = {int(r): i for i, r in enumerate(rows)}
-    first_pos = np.array([position[int(r)] for r in first], dtype=np.int64)
-    other_pos = np.array([position[int(r)] for r in other], dtype=np.int64)
-    verified = op.verify(fps[first_pos], fps[other_pos]) if first.size else np.zeros(0, bool)
-    duplicates = duplicate_map(first[verified], other[verified], protected)
-    decision = DedupDecision()
-    for row, kept in duplicates.items():
-        why = op.reason(fps[position[kept]], fps[position[row]])
-        decision.drops[row] = f"{why} of {doc_ids.get(kept) or f'row #{kept}'}"
-    return decision
-
-
 def decide_line_dedup(op: DocumentLineDeduplicator, texts: Sequence[str], rows: np.ndarray,
                       owners: dict[int, int], protected: set[int], failed: dict[int, str]) -> DedupDecision:
     decision = DedupDecision()
@@ -490,260 +468,67 @@ def document_names(table: pa.Table) -> list[str | None]:
 
 def apply_dedup_decision(batch: pa.Table, index: int, text_key: str, decision: DedupDecision,
                          failed: dict[int, str]) -> tuple[pa.Table, StepStats, list[dict[str, str]]]:
-    """Mark the decided drops and rewrites on a batch (runs on the driver or on Ray workers)."""
-    rows = batch.column(ROW).to_pylist()
+    """Mark the decided drops and rewrites on a batch (in the streaming runner or on Ray workers); the step's
+    examples are its first EXAMPLES_PER_STEP drops and rewrites."""
     drop_step = batch.column(DROP_STEP).to_numpy(zero_copy_only=False).copy()
-    reasons = batch.column(DROP_REASON).to_pylist()
-    texts = batch.column(text_key).to_pylist()
     stats = StepStats(index, "", "deduplicator", docs_in=int((drop_step == ALIVE).sum()))
-    examples = []
-    for i, row in enumerate(rows):
-        if drop_step[i] != ALIVE:
-            continue
-        if row in failed:
-            drop_step[i], reasons[i] = index, failed[row]
-            stats.errors += 1
-        elif row in decision.drops:
-            drop_step[i], reasons[i] = index, decision.drops[row]
-            examples.append({"dropped": _short(texts[i]), "reason": decision.drops[row]})
-        elif row in decision.rewrites:
-            examples.append(change_example(texts[i], decision.rewrites[row]))
-            texts[i] = decision.rewrites[row]
-            stats.changed += 1
-    stats.dropped = int((drop_step == index).sum())
+    dropped: dict[int, str] = {}  # position in the batch -> reason
+    rewritten: dict[int, str] = {}  # position -> new text
+    shown: list[int] = []  # positions of the examples
+    if failed or decision.drops or decision.rewrites:
+        rows = batch.column(ROW).to_pylist()
+        for i in np.flatnonzero(drop_step == ALIVE).tolist():
+            row = rows[i]
+            if row in failed:
+                dropped[i] = failed[row]
+                stats.errors += 1
+            elif row in decision.drops or row in decision.rewrites:
+                if row in decision.drops:
+                    dropped[i] = decision.drops[row]
+                else:
+                    rewritten[i] = decision.rewrites[row]
+                if len(shown) < EXAMPLES_PER_STEP:
+                    shown.append(i)
+    before = batch.column(text_key).take(pa.array(shown, pa.int64())).to_pylist()
+    examples = [{"dropped": _short(text), "reason": dropped[i]} if i in dropped else change_example(text, rewritten[i])
+                for i, text in zip(shown, before, strict=True)]
+    texts = batch.column(text_key).to_pylist() if rewritten else []
+    for i, new in rewritten.items():
+        texts[i] = new
+    reasons = batch.column(DROP_REASON).to_pylist() if dropped else []
+    for i, reason in dropped.items():
+        drop_step[i], reasons[i] = index, reason
+    stats.changed = len(rewritten)
+    stats.dropped = len(dropped)
     stats.docs_out = stats.docs_in - stats.dropped
-    stats.examples = examples[:EXAMPLES_PER_STEP]
-    batch = batch.set_column(batch.schema.get_field_index(text_key), text_key, pa.array(texts, pa.large_string()))
-    batch = batch.set_column(batch.schema.get_field_index(DROP_STEP), DROP_STEP, pa.array(drop_step, pa.int32()))
-    batch = batch.set_column(batch.schema.get_field_index(DROP_REASON), DROP_REASON, pa.array(reasons, pa.string()))
+    stats.examples = examples
+    if rewritten:
+        batch = batch.set_column(batch.schema.get_field_index(text_key), text_key, pa.array(texts, pa.large_string()))
+    if dropped:
+        batch = batch.set_column(batch.schema.get_field_index(DROP_STEP), DROP_STEP, pa.array(drop_step, pa.int32()))
+        batch = batch.set_column(batch.schema.get_field_index(DROP_REASON), DROP_REASON,
+                                 pa.array(reasons, pa.string()))
+    for name, kind in ((text_key, pa.large_string()), (DROP_STEP, pa.int32()), (DROP_REASON, pa.string())):
+        if batch.schema.field(name).type != kind:  # the types a rebuilt column has: one schema for every batch
+            batch = batch.set_column(batch.schema.get_field_index(name), name, batch.column(name).cast(kind))
     return batch, stats, examples
-
-
-def _apply_segment(args):
-    batch, steps, text_key = args
-    return apply_steps(batch, steps, text_key)
-
-
-def _batches(table: pa.Table, rows: int) -> list[pa.Table]:
-    return [table.slice(start, rows) for start in range(0, table.num_rows, rows)] or [table]
 
 
 def run_local(recipe: Recipe, table: pa.Table, num_proc: int = 1, log: Callable[[str], None] | None = None
               ) -> RecipeResult:
-    """Run the recipe on an in-memory table (the CLI, tests) with the streaming runner, `num_proc` worker processes."""
-    from operators.stream import ParquetSink, run_stream
+    """The recipe over an in-memory table (tests, a stage's few records): `run_stream` over its batches, the kept
+    rows and drops read back as tables."""
+    from operators.stream import ParquetSink, output_schemas, run_stream
 
     if recipe.text_key not in table.column_names:
         raise RecipeError(f"input has no text column {recipe.text_key!r} (columns: {', '.join(table.column_names)})")
+    batches = [table.slice(start, BATCH_ROWS) for start in range(0, table.num_rows, BATCH_ROWS)]
     with tempfile.TemporaryDirectory(prefix="datamate-recipe-") as work:
         kept, drops = ParquetSink(Path(work) / "kept.parquet"), ParquetSink(Path(work) / "drops.parquet")
-        result = run_stream(recipe, _batches(table, BATCH_ROWS), Path(work), kept, drops, num_proc=num_proc, log=log)
+        result = run_stream(recipe, batches, Path(work), kept, drops, num_proc=num_proc, log=log)
         kept.close()
         drops.close()
-        schema = _normalize_text_column(table.slice(0, 0), recipe.text_key).schema
-        if stats_type(recipe.operators) is not None:  # an empty result has the `stats` column too
-            schema = schema.remove(schema.get_field_index(STATS)) if STATS in schema.names else schema
-            schema = schema.append(pa.field(STATS, stats_type(recipe.operators)))
-        drop_schema = schema.append(pa.field("operator", pa.string())).append(pa.field("reason", pa.string()))
-        kept_table = pq.read_table(kept.path) if kept.rows else schema.empty_table()
-        drops_table = pq.read_table(drops.path) if drops.rows else drop_schema.empty_table()
+        kept_schema, drops_schema = output_schemas(table.schema, recipe)  # an empty result has them too
+        kept_table = pq.read_table(kept.path) if kept.rows else kept_schema.empty_table()
+        drops_table = pq.read_table(drops.path) if drops.rows else drops_schema.empty_table()
     return RecipeResult(kept_table, drops_table, result.stats, recipe.hash)
-
-
-def _normalize_text_column(table: pa.Table, text_key: str) -> pa.Table:
-    """Texts as large_string; a null text becomes '' (filters then drop it with a reason)."""
-    column = pc.fill_null(table.column(text_key).cast(pa.large_string()), "")
-    return table.set_column(table.schema.get_field_index(text_key), text_key, column)
-
-
-def finish(recipe: Recipe, work: pa.Table, stats: list[StepStats]) -> RecipeResult:
-    """Split the tracked table into kept and dropped documents, in input order."""
-    for s, name in zip(stats, recipe.names, strict=True):
-        s.operator = name
-    work = work.sort_by(ROW)
-    drop_step = work.column(DROP_STEP)
-    kept = work.filter(pc.equal(drop_step, ALIVE)).drop_columns([ROW, DROP_STEP, DROP_REASON])
-    dropped = work.filter(pc.not_equal(drop_step, ALIVE))
-    names = np.array(recipe.names, dtype=object)
-    operator = pa.array(names[dropped.column(DROP_STEP).to_numpy()].tolist() if dropped.num_rows else [],
-                        pa.string())
-    drops = dropped.drop_columns([ROW, DROP_STEP, DROP_REASON])
-    drops = drops.append_column("operator", operator).append_column("reason", dropped.column(DROP_REASON))
-    return RecipeResult(kept, drops, stats, recipe.hash)
-
-
-# --- Ray executor -------------------------------------------------------------------------------------------
-def _ray_segment(batch: pa.Table, part, text_key: str) -> pa.Table:
-    """map_batches body: apply the steps, carry the batch's step stats in a JSON column of its first row."""
-    batch, report = apply_steps(batch, part, text_key)
-    return _attach_report(batch, [asdict(s) for s in report])
-
-
-def _ray_split(batch: pa.Table, index: int, op: SplitMapper, text_key: str) -> pa.Table:
-    batch, report = split_rows(batch, index, op, text_key)
-    return _attach_report(batch, [asdict(report)])
-
-
-def _attach_report(batch: pa.Table, report: list[dict]) -> pa.Table:
-    column = [json.dumps(report)] + [None] * (batch.num_rows - 1) if batch.num_rows else []
-    return batch.append_column("__report", pa.array(column, pa.string()))
-
-
-def _bucket_keys_rows(batch: pa.Table, op: BucketDeduplicator, text_key: str) -> pa.Table:
-    """One row per (bucket key, row) of the live documents; failing records get no key (set aside later)."""
-    live = batch.filter(pc.equal(batch.column(DROP_STEP), ALIVE))
-    fps, errors = fingerprints_of(op, live.column(text_key).to_pylist())
-    ok = np.array([e is None for e in errors], dtype=bool)
-    rows = live.column(ROW).to_numpy()[ok]
-    keys = op.bucket_keys(fps[ok]) if ok.any() else np.zeros((0, 1), np.uint64)
-    salted = keys ^ (np.arange(keys.shape[1], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))[None, :]
-    return pa.table({"key": salted.ravel(), ROW: np.repeat(rows, keys.shape[1])})
-
-
-def _bucket_pairs(block: pa.Table) -> pa.Table:
-    """Per hash partition (every row of a key is in the same block): (smallest row, other row) per bucket."""
-    first, other = bucket_edges(block.column("key").to_numpy(), block.column(ROW).to_numpy())
-    return pa.table({"first": first, "other": other})
-
-
-def _fingerprint_rows(batch: pa.Table, op: Deduplicator, text_key: str, wanted: set[int]) -> pa.Table:
-    """Fingerprints (as bytes) of the live rows in `wanted`, and the rows whose fingerprint raised."""
-    live = batch.filter(pc.equal(batch.column(DROP_STEP), ALIVE))
-    fps, errors = fingerprints_of(op, live.column(text_key).to_pylist())
-    chosen = [i for i, (r, e) in enumerate(zip(live.column(ROW).to_pylist(), errors, strict=True)) if r in wanted or e]
-    # typed indices: an empty list would be a null-typed array, which `take` refuses (a block with no candidate)
-    live = live.take(pa.array(chosen, pa.int64()))
-    fps, errors = [fps[i] for i in chosen], [errors[i] for i in chosen]
-    return pa.table({
-        ROW: live.column(ROW),
-        "fp": pa.array([np.asarray(f).tobytes() for f in fps], pa.binary()),
-        "error": pa.array(errors, pa.string()),
-        "name": pa.array(document_names(live), pa.string()),
-    })
-
-
-def _line_owner_rows(batch: pa.Table, op: DocumentLineDeduplicator, text_key: str) -> pa.Table:
-    live = batch.filter(pc.equal(batch.column(DROP_STEP), ALIVE))
-    fps = [op.fingerprint(t) for t in live.column(text_key).to_pylist()]
-    rows = live.column(ROW).to_numpy()
-    counts = np.array([len(f) for f in fps], dtype=np.int64)
-    hashes = np.concatenate(fps) if fps else np.zeros(0, np.uint64)
-    return pa.table({"unit": hashes, ROW: np.repeat(rows, counts)})
-
-
-def _repeated_unit_owners(block: pa.Table) -> pa.Table:
-    """Per hash partition: units found in several documents -> their first owner row."""
-    owners = DocumentLineDeduplicator.first_owners([block.column("unit").to_numpy()], block.column(ROW).to_numpy(),
-                                                   rows_per_unit=True)
-    return pa.table({"unit": pa.array(list(owners), pa.uint64()), ROW: pa.array(list(owners.values()), pa.int64())})
-
-
-def _ray_apply_decision(batch: pa.Table, index: int, text_key: str, decision: DedupDecision,
-                        failed: dict[int, str]) -> pa.Table:
-    batch, stats, _ = apply_dedup_decision(batch, index, text_key, decision, failed)
-    return _attach_report(batch, [asdict(stats)])
-
-
-def _ray_line_decision(batch: pa.Table, index: int, op: DocumentLineDeduplicator, text_key: str,
-                       owners: dict[int, int]) -> pa.Table:
-    live = batch.filter(pc.equal(batch.column(DROP_STEP), ALIVE))
-    decision = decide_line_dedup(op, live.column(text_key).to_pylist(), live.column(ROW).to_numpy(), owners,
-                                 set(), {})
-    return _ray_apply_decision(batch, index, text_key, decision, {})
-
-
-def _collect_reports(ds, stats: list[StepStats]) -> Any:
-    """Materialize, fold the per-batch reports into `stats`, and drop the report column."""
-    ds = ds.materialize()
-    for batch in ds.select_columns(["__report"]).iter_batches(batch_format="pyarrow"):
-        for value in batch.column("__report").drop_null().to_pylist():
-            for entry in json.loads(value):
-                stats[entry["step"]].add(StepStats(**entry))
-    return ds.drop_columns(["__report"]).materialize()
-
-
-def run_ray(recipe: Recipe, table: pa.Table, num_blocks: int | None = None,
-            log: Callable[[str], None] | None = None) -> RecipeResult:
-    """Run the recipe with ray.data on the connected Ray cluster (call `ray.init` first).
-
-    Mappers and filters run in map_batches; a dedup step groups bucket keys with a distributed groupby and
-    only the candidate pairs (and the fingerprints of documents in them) reach the driver, which resolves
-    components with the same code as the local executor. Line dedup broadcasts only units seen in several
-    documents. The kept and dropped tables are gathered at the end because the asset returns a table.
-    """
-    import ray
-
-    log = log or (lambda message: None)
-    text_key = recipe.text_key
-    if text_key not in table.column_names:
-        raise RecipeError(f"input has no text column {text_key!r} (columns: {', '.join(table.column_names)})")
-    work = _normalize_text_column(with_bookkeeping(table, stats_type(recipe.operators)), text_key)
-    blocks = num_blocks or max(2, int(ray.available_resources().get("CPU", 2)) * 2)
-    # one shuffle aggregator actor per block at most: the default spawns many, which dominates small runs
-    context = ray.data.DataContext.get_current()
-    context.max_hash_shuffle_aggregators = min(context.max_hash_shuffle_aggregators or blocks, blocks)
-    ds = ray.data.from_arrow(work).repartition(blocks)
-    stats = [StepStats(i, name, op.kind) for i, (name, op) in enumerate(zip(recipe.names, recipe.operators,
-                                                                            strict=True))]
-    for part in segments(recipe.operators):
-        index, op = part[0]
-        started = time.perf_counter()
-        if isinstance(op, BucketDeduplicator):
-            pairs = (ds.map_batches(_bucket_keys_rows, fn_args=(op, text_key), batch_format="pyarrow")
-                     .repartition(blocks, keys=["key"])
-                     .map_batches(_bucket_pairs, batch_size=None, batch_format="pyarrow"))
-            pair_table = pa.concat_tables(ray.get(pairs.to_arrow_refs()) or [pa.table({"first": [], "other": []})])
-            first = pair_table.column("first").to_numpy().astype(np.int64)
-            other = pair_table.column("other").to_numpy().astype(np.int64)
-            # failing records and the documents in candidate pairs are the only fingerprints fetched
-            wanted = set(first.tolist()) | set(other.tolist())
-            fp_table = pa.concat_tables(ray.get(ds.map_batches(
-                _fingerprint_rows, fn_args=(op, text_key, wanted), batch_format="pyarrow").to_arrow_refs()))
-            rows = fp_table.column(ROW).to_numpy()
-            errors = fp_table.column("error").to_pylist()
-            failed = {int(r): e for r, e in zip(rows, errors, strict=True) if e is not None}
-            ok = np.array([e is None for e in errors], dtype=bool)
-            fps = _fps_from_bytes(op, fp_table.column("fp").to_pylist(), ok)
-            unique = np.unique(np.stack([first, other], axis=1), axis=0) if first.size else np.zeros((0, 2), int)
-            doc_ids = dict(zip(rows.tolist(), fp_table.column("name").to_pylist(), strict=True))
-            decision = decide_bucket_dedup(op, fps, rows[ok], unique[:, 0], unique[:, 1], doc_ids, set())
-            ds = _collect_reports(ds.map_batches(_ray_apply_decision, fn_args=(index, text_key, decision, failed),
-                                                 batch_format="pyarrow"), stats)
-        elif isinstance(op, DocumentLineDeduplicator):
-            owners_ds = (ds.map_batches(_line_owner_rows, fn_args=(op, text_key), batch_format="pyarrow")
-                         .repartition(blocks, keys=["unit"])
-                         .map_batches(_repeated_unit_owners, batch_size=None, batch_format="pyarrow"))
-            owners_table = pa.concat_tables(ray.get(owners_ds.to_arrow_refs()))
-            units, owner_rows = owners_table.column("unit").to_pylist(), owners_table.column(ROW).to_pylist()
-            owners = dict(zip(units, owner_rows, strict=True))
-            ds = _collect_reports(ds.map_batches(_ray_line_decision, fn_args=(index, op, text_key, owners),
-                                                 batch_format="pyarrow"), stats)
-        elif isinstance(op, Deduplicator):
-            raise RecipeError(f"{op.name} has no distributed implementation; use executor: local")
-        elif isinstance(op, Selector):  # only the row ids and the selector's fields reach the driver
-            columns = [ROW, DROP_STEP, *op.fields()]
-            decision = decide_selection(op, pa.concat_tables(ray.get(ds.select_columns(columns).to_arrow_refs())),
-                                        text_key)
-            ds = _collect_reports(ds.map_batches(_ray_apply_decision, fn_args=(index, text_key, decision, {}),
-                                                 batch_format="pyarrow"), stats)
-        elif isinstance(op, SplitMapper):
-            ds = _collect_reports(ds.map_batches(_ray_split, fn_args=(index, op, text_key), batch_format="pyarrow"),
-                                  stats)
-        else:
-            ds = _collect_reports(ds.map_batches(_ray_segment, fn_args=(part, text_key), batch_format="pyarrow"),
-                                  stats)
-        if isinstance(op, Deduplicator | Selector):
-            stats[index].seconds = time.perf_counter() - started
-        for i, _ in part:
-            log(f"step {i} {recipe.names[i]} (ray): {stats[i].docs_in} in, {stats[i].dropped} dropped, "
-                f"{stats[i].changed} changed")
-    result = pa.concat_tables(ray.get(ds.to_arrow_refs()), promote_options="permissive")
-    return finish(recipe, result, stats)
-
-
-def _fps_from_bytes(op: BucketDeduplicator, blobs: list[bytes], ok: np.ndarray) -> np.ndarray:
-    width_probe = op.fingerprint_batch(["probe text for the fingerprint shape"])
-    dtype, width = width_probe.dtype, width_probe.shape[1]
-    good = [b for b, k in zip(blobs, ok, strict=True) if k]
-    return np.frombuffer(b"".join(good), dtype=dtype).reshape(len(good), width) if good \
-        else np.zeros((0, width), dtype)

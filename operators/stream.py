@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import duckdb
 import numpy as np
@@ -66,6 +67,26 @@ class StreamResult:
     kept: int
     dropped: int
     recipe_hash: str
+
+
+class Sink(Protocol):
+    """Where a run's kept rows or drops go, batch by batch (a `ParquetSink`, the CLI's export files)."""
+
+    rows: int
+
+    def write(self, batch: pa.Table | pa.RecordBatch) -> None: ...
+
+
+def output_schemas(schema: pa.Schema, recipe: Recipe) -> tuple[pa.Schema, pa.Schema]:
+    """The kept and dropped rows' schemas of a run over input `schema`: the text as large_string, the recipe's
+    `stats` column instead of an input one (see `with_bookkeeping`); drops add the operator and the reason."""
+    kept = schema.set(schema.get_field_index(recipe.text_key), pa.field(recipe.text_key, pa.large_string())) \
+        if recipe.text_key in schema.names else schema
+    if STATS in kept.names:
+        kept = kept.remove(kept.get_field_index(STATS))
+    stats = stats_type(recipe.operators)
+    kept = kept.append(pa.field(STATS, stats)) if stats is not None else kept
+    return kept, kept.append(pa.field("operator", pa.string())).append(pa.field("reason", pa.string()))
 
 
 class ParquetSink:
@@ -115,6 +136,9 @@ def with_bookkeeping(batch: pa.RecordBatch | pa.Table, first_row: int, text_key:
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
     if STATS in table.column_names:
         table = table.drop_columns([STATS])
+    if table.get_total_buffer_size() > 2 * table.nbytes:
+        # a slice of a bigger table: pickled for a worker process, it would carry its parent's whole buffers
+        table = table.take(np.arange(table.num_rows))
     n = table.num_rows
     text = pc.fill_null(table.column(text_key).cast(pa.large_string()), "")
     table = table.set_column(table.schema.get_field_index(text_key), text_key, text)
@@ -129,8 +153,8 @@ INDEX_SCHEMA = pa.schema([("step", pa.int32()), ("identity", pa.string()), ("nam
 # Bucket keys and line units are 64-bit hashes stored as int64 (Delta tables have no unsigned integers).
 
 
-def run_stream(recipe: Recipe, batches: Iterable[pa.RecordBatch | pa.Table], workdir: Path, kept: ParquetSink,
-               drops: ParquetSink, index: Callable[[int], Iterable[pa.RecordBatch]] | None = None,
+def run_stream(recipe: Recipe, batches: Iterable[pa.RecordBatch | pa.Table], workdir: Path, kept: Sink,
+               drops: Sink, index: Callable[[int], Iterable[pa.RecordBatch]] | None = None,
                identity: Callable[[pa.Table], pa.Array] | None = None, num_proc: int = 1,
                log: Callable[[str], None] | None = None) -> StreamResult:
     """Run the recipe over `batches`; kept rows (input columns, input order) go to `kept`, dropped rows (input
@@ -231,13 +255,14 @@ def _split_step(stream, index, op, text_key, pool, ahead, stats, drop, alive) ->
 
 def _fingerprint_rows(args) -> tuple[pa.Table, pa.Table, dict[int, str]]:
     """Per batch: (bucket keys or line units: key, row), (row, identity, name, fp), {row: error} of failed records."""
-    op, texts, rows, identities, names = args
-    fps, errors = fingerprints_of(op, texts)
+    op, table, text_key, identities = args
+    rows = table.column(ROW).to_numpy()
+    fps, errors = fingerprints_of(op, table.column(text_key).to_pylist())
     ok = np.array([e is None for e in errors], dtype=bool)
     failed = {int(r): e for r, e in zip(rows, errors, strict=True) if e is not None}
     good = [f for f, k in zip(fps, ok, strict=True) if k]
-    fp_table = pa.table({ROW: rows[ok], "identity": pa.array(identities, pa.string()).filter(pa.array(ok)),
-                         "name": pa.array(names, pa.string()).filter(pa.array(ok)),
+    fp_table = pa.table({ROW: rows[ok], "identity": identities.filter(pa.array(ok)),
+                         "name": pa.array(document_names(table), pa.string()).filter(pa.array(ok)),
                          "fp": pa.nulls(int(ok.sum()), pa.binary()) if isinstance(op, DocumentLineDeduplicator)
                          else pa.array([np.asarray(f).tobytes() for f in good], pa.binary())})
     if isinstance(op, DocumentLineDeduplicator):
@@ -258,8 +283,10 @@ def _bucket_key_rows(op: BucketDeduplicator, fps: np.ndarray, rows: np.ndarray) 
 def _fingerprint_jobs(op, tables: Iterable[pa.Table], text_key: str, spill: ParquetSink, identity):
     for table in tables:
         spill.write(table)
-        identities = identity(table).to_pylist() if identity else [None] * table.num_rows
-        yield op, table.column(text_key).to_pylist(), table.column(ROW).to_numpy(), identities, document_names(table)
+        identities = identity(table).cast(pa.string()) if identity else pa.nulls(table.num_rows, pa.string())
+        # the columns the worker reads (Arrow buffers pickle cheaply; the texts become str objects there)
+        names = [name for name in ("source_uri", "doc_id") if name in table.column_names]
+        yield op, table.select(list(dict.fromkeys([text_key, ROW, *names]))), text_key, identities
 
 
 def _published(index, step: int) -> Iterator[tuple[pa.Table, pa.Table]]:
@@ -307,15 +334,13 @@ def _dedup_step(stream, index, op, recipe, workdir, signatures, identity, pool, 
 
     def decided() -> Iterator[pa.Table]:
         first = True
-        for batch in spill.batches():
-            table = pa.Table.from_batches([batch])
-            if line_dedup:  # rewrites depend on the batch's texts
-                live = table.filter(pc.equal(table.column(DROP_STEP), ALIVE))
-                batch_decision = decide_line_dedup(op, live.column(text_key).to_pylist(),
-                                                   live.column(ROW).to_numpy(), owners, set(), failed)
-            else:
-                batch_decision = decision
-            table, step_stats, _ = apply_dedup_decision(table, index, text_key, batch_decision, failed)
+        tables = (pa.Table.from_batches([batch]) for batch in spill.batches())
+        if line_dedup:  # rewrites depend on the batch's texts: decided in the worker processes
+            results = ordered_map(pool, _line_dedup_batch, ((table, index, op, text_key, owners, failed)
+                                                            for table in tables), ahead)
+        else:
+            results = (apply_dedup_decision(table, index, text_key, decision, failed)[:2] for table in tables)
+        for table, step_stats in results:
             step_stats.seconds = seconds if first else 0.0
             first = False
             stats[index].add(step_stats)
@@ -325,6 +350,14 @@ def _dedup_step(stream, index, op, recipe, workdir, signatures, identity, pool, 
                 yield live
 
     return _progress(decided(), f"documents through step {index} {op.name}", log)
+
+
+def _line_dedup_batch(args) -> tuple[pa.Table, StepStats]:
+    table, index, op, text_key, owners, failed = args
+    live = table.filter(pc.equal(table.column(DROP_STEP), ALIVE))
+    decision = decide_line_dedup(op, live.column(text_key).to_pylist(), live.column(ROW).to_numpy(), owners, set(),
+                                 failed)
+    return apply_dedup_decision(table, index, text_key, decision, failed)[:2]
 
 
 def _selector_step(stream, index, op: Selector, text_key, workdir, stats, drop, alive) -> Iterator[pa.Table]:
@@ -364,29 +397,102 @@ def _progress(stream: Iterator[pa.Table], what: str, log: Callable[[str], None])
         yield table
 
 
+def _ascending_rows(batches: Iterable[pa.RecordBatch], what: str) -> Iterator[np.ndarray]:
+    """The row ids of `batches` as arrays, checked to ascend (every spill is written in row order)."""
+    last = None
+    for batch in batches:
+        rows = batch.column(ROW).to_numpy()
+        if len(rows) and ((last is not None and rows[0] < last) or np.any(rows[1:] < rows[:-1])):
+            raise RuntimeError(f"{what} is not in row order; the signature index cannot be merged")
+        if len(rows):
+            last = rows[-1]
+            yield rows
+
+
+class _RowLookup:
+    """Looks up ascending row ids in a stream of (rows, values) batches that ascend too; the buffer holds only
+    what lies between two lookups, so a merge over any number of rows runs in bounded memory."""
+
+    def __init__(self, batches: Iterator[tuple[np.ndarray, pa.Array | None]]):
+        self._batches = batches
+        self._rows = np.zeros(0, np.int64)
+        self._values: pa.Array | None = None
+
+    def find(self, rows: np.ndarray) -> tuple[np.ndarray, pa.Array | None]:
+        """(which of `rows` are present, the values of those present, in order)."""
+        while len(self._rows) == 0 or self._rows[-1] < rows[-1]:
+            more = next(self._batches, None)
+            if more is None:
+                break
+            self._rows = np.concatenate([self._rows, more[0]])
+            if more[1] is not None:
+                self._values = more[1] if self._values is None else pa.concat_arrays([self._values, more[1]])
+        at = np.minimum(np.searchsorted(self._rows, rows), max(len(self._rows) - 1, 0))
+        found = (self._rows[at] == rows) if len(self._rows) else np.zeros(len(rows), bool)
+        values = self._values.take(pa.array(at[found])) if self._values is not None else None
+        cut = int(np.searchsorted(self._rows, rows[-1], side="right"))
+        self._rows = self._rows[cut:]
+        self._values = self._values[cut:] if self._values is not None else None
+        return found, values
+
+
+def _keys_per_row(path: Path) -> Iterator[tuple[np.ndarray, pa.Array]]:
+    """A step's (key, row) spill, written in row order, as (rows, list of keys per row) batches."""
+    if not path.exists():
+        return
+    carry_rows, carry_keys = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS, columns=[ROW, "key"]):
+        rows = np.concatenate([carry_rows, batch.column(ROW).to_numpy()])
+        keys = np.concatenate([carry_keys, batch.column("key").to_numpy()])
+        if np.any(rows[1:] < rows[:-1]):
+            raise RuntimeError(f"{path} is not in row order; the signature index cannot be merged")
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        last = starts[-1]  # the last row's keys may go on in the next batch
+        carry_rows, carry_keys = rows[last:], keys[last:]
+        if last:
+            # starts[-1] == last: the offsets of the complete rows' key lists and the end of the last one
+            yield rows[starts[:-1]], pa.ListArray.from_arrays(pa.array(starts, pa.int32()), pa.array(keys[:last]))
+    if len(carry_rows):
+        yield carry_rows[:1], pa.ListArray.from_arrays(pa.array([0, len(carry_keys)], pa.int32()),
+                                                       pa.array(carry_keys))
+
+
 def _write_index(workdir: Path, kept_rows: ParquetSink, steps: list[int], split_steps: list[int]) -> None:
     """The signature index of the published documents after this run: the ones carried over (negative rows) and
-    the ones kept now, per dedup step (a document a later step split counts as kept when one of its pieces is)."""
-    parts = []
-    con = _connect(workdir)
+    the ones kept now, per dedup step (a document a later step split counts as kept when one of its pieces is).
+
+    Every spill is in row order, so this is a merge of the step's fingerprints, its keys and the kept rows, a
+    batch at a time (a DuckDB join grouping the keys ran out of its memory limit at 300k documents)."""
+    sink = ParquetSink(workdir / "index.parquet")
     for step in steps:
-        shift = SPLIT_BITS * sum(1 for split in split_steps if split > step)  # back to the row ids of `step`
-        kept = (f"(SELECT {ROW} >> {shift} AS {ROW} FROM read_parquet('{kept_rows.path}'))" if kept_rows.rows
-                else f"(SELECT NULL::BIGINT AS {ROW} LIMIT 0)")
         step_dir = workdir / f"step{step}"
         if not (step_dir / "fps.parquet").exists():
             continue
-        keys = (f"(SELECT {ROW}, list(key) AS keys FROM read_parquet('{step_dir / 'keys.parquet'}') GROUP BY {ROW})"
-                if (step_dir / "keys.parquet").exists() else f"(SELECT NULL::BIGINT AS {ROW}, NULL AS keys LIMIT 0)")
-        parts.append(f"""SELECT {step}::INTEGER AS step, f.identity, f.name, f.fp, k.keys::BIGINT[] AS keys
-            FROM read_parquet('{step_dir / 'fps.parquet'}') f LEFT JOIN {keys} k USING ({ROW})
-            WHERE f.{ROW} < 0 OR f.{ROW} IN (SELECT {ROW} FROM {kept})""")
-    sink = ParquetSink(workdir / "index.parquet")
-    if parts:
-        for batch in con.execute(" UNION ALL ".join(parts)).fetch_record_batch(BATCH_ROWS):
-            sink.write(pa.Table.from_batches([batch]).cast(INDEX_SCHEMA))
+        shift = SPLIT_BITS * sum(1 for split in split_steps if split > step)  # back to the row ids of `step`
+        kept_batches = pq.ParquetFile(kept_rows.path).iter_batches(BATCH_ROWS, columns=[ROW]) \
+            if kept_rows.rows else iter(())
+        kept = _RowLookup((rows >> shift, None) for rows in _ascending_rows(kept_batches, kept_rows.path))
+        keys = _RowLookup(_keys_per_row(step_dir / "keys.parquet"))
+        for batch in pq.ParquetFile(step_dir / "fps.parquet").iter_batches(BATCH_ROWS):
+            rows = next(_ascending_rows([batch], step_dir / "fps.parquet"), None)
+            if rows is None:
+                continue
+            published = rows < 0
+            keep = published.copy()
+            if not published.all():
+                keep[~published] = kept.find(rows[~published])[0]
+            if not keep.any():
+                continue
+            rows = rows[keep]
+            found, key_lists = keys.find(rows)
+            at = np.cumsum(found) - 1
+            key_column = key_lists.take(pa.array(at, mask=~found)) if key_lists is not None \
+                else pa.nulls(len(rows), pa.list_(pa.int64()))
+            chosen = batch.filter(pa.array(keep))
+            sink.write(pa.table({"step": pa.array(np.full(len(rows), step, np.int32)),
+                                 "identity": chosen.column("identity"), "name": chosen.column("name"),
+                                 "fp": chosen.column("fp"), "keys": key_column}).cast(INDEX_SCHEMA))
     sink.close()
-    con.close()
 
 
 def _connect(workdir: Path) -> duckdb.DuckDBPyConnection:

@@ -3,10 +3,18 @@
 `--config` runs a Data-Juicer config the way `dj-process --config` does: `dataset_path` in, `export_path` out
 (`export_shard_size` honoured), `np` processes, `text_keys`, `executor_type: ray`; `--dataset_path`,
 `--export_path` and `--np` override the file. `--recipe IN OUT` reads only the file's `process:` list.
+
+The input is read in batches and the kept records are exported as they come: locally through the streaming
+runner (`operators.stream.run_stream`), with `executor_type: ray` through the Ray executor
+(`operators.ray_exec.run_ray_batches`), whose workers read and write a scratch folder beside the export.
 """
 
 import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -31,23 +39,47 @@ def log(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _run_recipe(recipe, table, executor: str, num_proc: int, ray_address: str | None):
-    from operators.recipe import run_local, run_ray
+class _Counted:
+    """The input batches, counted as they pass."""
 
-    if executor != "ray":
-        return run_local(recipe, table, num_proc=num_proc)
-    import ray
+    def __init__(self, batches):
+        self.batches, self.rows = batches, 0
 
-    ray.init(address=ray_address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    def __iter__(self) -> Iterator:
+        for batch in self.batches:
+            self.rows += batch.num_rows
+            yield batch
+
+
+def _clean(recipe, batches, kept, drops, executor: str, num_proc: int, ray_address: str | None, target: Path):
+    """Run the recipe over the batches into the `kept` and `drops` sinks; spill files go to a temporary folder
+    (on Ray beside `target`: the nodes of a cluster must see it, as they see the export)."""
+    from operators.stream import run_stream
+
+    work = Path(tempfile.mkdtemp(prefix=".datamate-clean-", dir=target.parent if executor == "ray" else None))
     try:
-        return run_ray(recipe, table)
+        if executor != "ray":
+            return run_stream(recipe, batches, work, kept, drops, num_proc=num_proc)
+        import ray
+
+        from operators.ray_exec import run_ray_batches
+
+        started = not ray.is_initialized()  # a caller's Ray (a test, a notebook) stays up
+        if started:
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+        try:
+            return run_ray_batches(recipe, batches, work, kept, drops)
+        finally:
+            if started:
+                ray.shutdown()
     finally:
-        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args) -> int:
-    from operators.dj_config import DJConfig, export_dataset, load_config, read_dataset
+    from operators.dj_config import DJConfig, Exporter, InputDataset, load_config
     from operators.recipe import Recipe, RecipeError
+    from operators.stream import output_schemas
 
     try:
         if args.config:
@@ -68,21 +100,24 @@ def run(args) -> int:
             recipe = Recipe.load(args.recipe, text_key=args.text_key)  # fails fast, before reading the input
             source, target, num_proc, executor = args.input, args.output, args.num_proc or 1, "local"
             config = None
-        table = read_dataset(source, config.suffixes if config else None)
-        result = _run_recipe(recipe, table, executor, num_proc, config.ray_address if config else None)
-        if config:
-            files = export_dataset(result.kept, target, config.export_shard_size,
-                                   keep_stats=config.keep_stats_in_res_ds)
-        else:
-            files = export_dataset(result.kept, target, keep_stats=True)
+        dataset = InputDataset.open(source, config.suffixes if config else None)
+        kept_schema, drops_schema = output_schemas(dataset.schema, recipe)
+        kept = Exporter(target, kept_schema, config.export_shard_size if config else 0,
+                        keep_stats=config.keep_stats_in_res_ds if config else True)
+        drops = Exporter(args.drops, drops_schema, keep_stats=True) if args.drops else _Discard()
+        batches = _Counted(dataset.batches())
+        result = _clean(recipe, batches, kept, drops, executor, num_proc, config.ray_address if config else None,
+                        target)
+        files = kept.close()
         if args.drops:
-            export_dataset(result.drops, args.drops, keep_stats=True)
+            drops.close()
     except (RecipeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.stats:
-        args.stats.write_text(json.dumps({"recipe_hash": result.recipe_hash, "input": table.num_rows,
-                                          "kept": result.kept.num_rows, "operators": result.stats_json()}, indent=2))
+        args.stats.write_text(json.dumps({"recipe_hash": result.recipe_hash, "input": batches.rows,
+                                          "kept": result.kept, "operators": [asdict(s) for s in result.stats]},
+                                         indent=2))
     width = max(len(s.operator) for s in result.stats)
     print(f"{'operator':<{width}}  {'in':>8} {'out':>8} {'changed':>8} {'dropped':>8} {'errors':>6} {'sec':>7}")
     for s in result.stats:
@@ -91,5 +126,14 @@ def run(args) -> int:
     shown = target if len(files) == 1 or files[0] == target else f"{len(files)} files next to {target}"
     added = sum(step.added for step in result.stats)  # records a splitting mapper made from one
     split = f" (+{added} made by splitting)" if added else ""
-    print(f"kept {result.kept.num_rows} of {table.num_rows} records{split} -> {shown} (recipe {result.recipe_hash})")
+    print(f"kept {result.kept} of {batches.rows} records{split} -> {shown} (recipe {result.recipe_hash})")
     return 0
+
+
+class _Discard:
+    """Drops nobody asked for (no --drops)."""
+
+    rows = 0
+
+    def write(self, batch) -> None:
+        self.rows += batch.num_rows

@@ -14,7 +14,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from operators.base import Filter, OperatorParams, Stats, in_range
-from operators.filters.words import SPECIAL_CHARACTERS, refined_words, stopwords
+from operators.filters.words import count_chars, refined_words, stopwords
 from operators.models import find_model, sentencepiece_file
 from operators.registry import register
 
@@ -133,7 +133,11 @@ class AlphanumericFilter(_RangeFilter):
             return value
 
     def compute_stats(self, text: str) -> Stats:
-        return {"alnum_ratio": sum(c.isalnum() for c in text) / len(text) if text else 0.0}
+        return self.compute_stats_batch([text])[0]
+
+    def compute_stats_batch(self, texts) -> list[Stats]:
+        counts = count_chars(list(texts), "alnum")  # str.isalnum per character, looked up in a table
+        return [{"alnum_ratio": count / len(text) if text else 0.0} for text, count in zip(texts, counts, strict=True)]
 
 
 @register("special_characters_filter")
@@ -147,7 +151,12 @@ class SpecialCharactersFilter(_RangeFilter):
         max_ratio: float = Field(0.25, description="Largest special-character share to keep a text.")
 
     def compute_stats(self, text: str) -> Stats:
-        return {"special_char_ratio": sum(c in SPECIAL_CHARACTERS for c in text) / len(text) if text else 0.0}
+        return self.compute_stats_batch([text])[0]
+
+    def compute_stats_batch(self, texts) -> list[Stats]:
+        counts = count_chars(list(texts), "special")  # membership in SPECIAL_CHARACTERS, looked up in a table
+        return [{"special_char_ratio": count / len(text) if text else 0.0}
+                for text, count in zip(texts, counts, strict=True)]
 
 
 @register("character_repetition_filter")

@@ -6,11 +6,13 @@ such as `num_words` or `word_rep_ratio` match Data-Juicer on the same input.
 
 from __future__ import annotations
 
+import re
 import string
 from functools import cache
 from pathlib import Path
 
 import emoji
+import numpy as np
 
 from operators.models import sentencepiece_model
 
@@ -47,14 +49,49 @@ def split_words(text: str) -> list[str]:
     return text.replace("\n", " ").replace("\t", " ").split(" ") if text else []
 
 
+_BMP_SPECIAL = "".join(re.escape(c) for c in sorted(SPECIAL_CHARACTERS) if len(c) == 1 and ord(c) < 0x10000)
+# A refined word in one regex pass, for texts within the BMP (`re` tests characters beyond it against a class one
+# range at a time): from the first to the last non-special character of a run between the separators ' ', '\n'
+# and '\t' (special characters themselves), which is what split_words + strip_chars keep of the run.
+_REFINED_WORD = re.compile(f"[^{_BMP_SPECIAL}](?:[^ \n\t]*[^{_BMP_SPECIAL}])?")
+
+
 def refined_words(text: str, lower_case: bool = False, tokenizer: Path | None = None) -> list[str]:
     """Words stripped of special characters at both ends; words that were only special characters go.
 
     ``tokenizer``: a SentencePiece model file; its pieces are the words (Data-Juicer's ``tokenization: true``).
     """
-    raw = sentencepiece_model(tokenizer).encode_as_pieces(text) if tokenizer else split_words(text)
+    if tokenizer is not None:
+        raw = sentencepiece_model(tokenizer).encode_as_pieces(text)
+    else:
+        # lower-casing the whole text equals lower-casing each word: the separators end a final sigma's context
+        text = text.lower() if lower_case else text
+        if text.isascii() or len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text):  # within the BMP
+            return _REFINED_WORD.findall(text)
+        raw = split_words(text)
     words = (strip_chars(word.lower() if lower_case else word) for word in raw)
     return [word for word in words if word]
+
+
+@cache
+def char_table(kind: str) -> np.ndarray:
+    """Per code point, whether it is alphanumeric (``str.isalnum``, kind "alnum") or a special character."""
+    if kind == "alnum":
+        return np.fromiter(map(str.isalnum, map(chr, range(0x110000))), bool, 0x110000)
+    table = np.zeros(0x110000, bool)
+    table[[ord(c) for c in SPECIAL_CHARACTERS if len(c) == 1]] = True
+    return table
+
+
+def count_chars(texts: list[str], kind: str) -> list[int]:
+    """Per text, how many of its characters are alphanumeric or special (see `char_table`), in one numpy pass."""
+    if not texts:
+        return []
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), np.uint32)
+    hits = np.concatenate([[0], np.cumsum(char_table(kind)[codes], dtype=np.int64)])
+    ends = np.cumsum(lengths)
+    return (hits[ends] - hits[ends - lengths]).tolist()
 
 
 def split_lines_tabs_words(text: str) -> list[list[list[str]]]:

@@ -6,8 +6,9 @@ import re
 from typing import Literal
 
 import emoji
-import ftfy
 import regex
+from ftfy import TextFixerConfig, fix_and_explain
+from ftfy.chardata import CONTROL_CHARS, HTML_ENTITY_RE
 from pydantic import Field, field_validator
 
 from operators.base import Mapper, OperatorParams
@@ -30,7 +31,34 @@ class FixUnicodeMapper(Mapper):
             return value.upper() if isinstance(value, str) and value else None
 
     def process_text(self, text: str) -> str:
-        return ftfy.fix_text(text, normalization=self.params.normalization or "NFC")
+        return fix_text(text, self.params.normalization or "NFC")
+
+
+# The ASCII characters that one of ftfy's fixes changes: the control characters it removes and '\r' (a line break)
+_ASCII_FTFY_FIXES = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(CONTROL_CHARS) if c < 128) + "\r]")
+
+
+def _unchanged_by_ftfy(segment: str, unescape_html: bool | str) -> bool:
+    """ASCII with nothing ftfy fixes in ASCII (no mojibake, width, quotes or normalization to fix there)."""
+    return segment.isascii() and not _ASCII_FTFY_FIXES.search(segment) and not (
+        unescape_html and HTML_ENTITY_RE.search(segment))
+
+
+def fix_text(text: str, normalization: str) -> str:
+    """`ftfy.fix_text(text, normalization=...)`, which fixes line by line, with the lines it leaves alone skipped."""
+    config = TextFixerConfig(explain=False, normalization=normalization)
+    if _unchanged_by_ftfy(text, config.unescape_html):
+        return text
+    parts, position = [], 0
+    while position < len(text):  # ftfy.fix_text's loop (ftfy 6.3)
+        end = min(text.find("\n", position) + 1 or len(text), position + config.max_decode_length)
+        segment = text[position:end]
+        if config.unescape_html == "auto" and "<" in segment:  # from here on, as ftfy does
+            config = config._replace(unescape_html=False)
+        parts.append(segment if _unchanged_by_ftfy(segment, config.unescape_html)
+                     else fix_and_explain(segment, config).text)
+        position = end
+    return "".join(parts)
 
 
 # Data-Juicer's table: Chinese/typographic punctuation → ASCII.
@@ -47,10 +75,11 @@ class PunctuationNormalizationMapper(Mapper):
     """Replace Unicode punctuation (Chinese full stops, curly quotes, dashes, ...) with ASCII punctuation."""
 
     def process_text(self, text: str) -> str:
-        return text.translate(PUNCTUATION_TO_ASCII)
+        return text if text.isascii() else text.translate(PUNCTUATION_TO_ASCII)  # the table maps no ASCII
 
 
 _WHITESPACE_TO_SPACE = str.maketrans(dict.fromkeys(VARIOUS_WHITESPACES, " "))
+_ODD_WHITESPACE = re.compile("[" + "".join(re.escape(c) for c in sorted(VARIOUS_WHITESPACES - {" "})) + "]")
 
 
 @register("whitespace_normalization_mapper")
@@ -58,7 +87,8 @@ class WhitespaceNormalizationMapper(Mapper):
     """Strip the text and turn every odd space (tab, no-break, zero-width, ideographic, ...) into a plain space."""
 
     def process_text(self, text: str) -> str:
-        return text.strip().translate(_WHITESPACE_TO_SPACE)
+        text = text.strip()
+        return text.translate(_WHITESPACE_TO_SPACE) if _ODD_WHITESPACE.search(text) else text
 
 
 # Format (Cf: zero-width, bidi marks, soft hyphen, BOM), control (Cc), private use (Co) and unassigned (Cn).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import regex
 from pydantic import Field, field_validator
@@ -52,11 +53,44 @@ class _PatternMapper(Mapper):
         return self._regex.sub(self.params.repl, text)
 
 
+_NON_SPACE_RUN = re.compile(r"\S*")
+_SPACE_ONLY_FOR_STR = re.compile("[\x1c-\x1f]")  # white space to str.isspace, not to the regex module's \s
+
+
+def sub_in_words(pattern: regex.Pattern, repl: str, text: str, next_trigger: Callable[[int], int]) -> str:
+    """`pattern.sub(repl, text)`, run only on the white-space-delimited words that hold a trigger.
+
+    For a pattern whose matches hold no white space and a trigger each (`next_trigger(start)`: the position of
+    the next one from `start`, or -1), and whose look-arounds see white space like the text's ends: the same
+    result as on the whole text, without scanning it with the (slow) pattern."""
+    if _SPACE_ONLY_FOR_STR.search(text):
+        return pattern.sub(repl, text)
+    parts, done = [], 0
+    position = next_trigger(0)
+    while position >= 0:
+        start = position
+        while start > done and not text[start - 1].isspace():
+            start -= 1
+        end = _NON_SPACE_RUN.match(text, position).end()
+        parts += [text[done:start], pattern.sub(repl, text[start:end])]
+        done = end
+        position = next_trigger(end)
+    return "".join(parts) + text[done:] if parts else text
+
+
 @register("clean_email_mapper")
 class CleanEmailMapper(_PatternMapper):
     """Remove or replace e-mail addresses."""
 
     default_pattern = r"[A-Za-z0-9.\-+_]+@[a-z0-9.\-+_]+\.[a-z]+"
+
+    def process_text(self, text: str) -> str:
+        if self.params.pattern is not None:
+            return super().process_text(text)
+        return sub_in_words(self._regex, self.params.repl, text, lambda start: text.find("@", start))
+
+
+_WWW = re.compile("[wW]{3}")
 
 
 @register("clean_links_mapper")
@@ -82,6 +116,19 @@ class CleanLinksMapper(_PatternMapper):
         r")"
     )
 
+    def process_text(self, text: str) -> str:
+        if self.params.pattern is not None:
+            return super().process_text(text)
+        lowered = text.lower() if text.isascii() else None  # same positions as `text` when ASCII
+
+        def next_trigger(start: int) -> int:  # every link holds a ':', a '/' or 'www' (any case)
+            www = lowered.find("www", start) if lowered is not None else (
+                match.start() if (match := _WWW.search(text, start)) else -1)
+            found = [i for i in (text.find(":", start), text.find("/", start), www) if i >= 0]
+            return min(found) if found else -1
+
+        return sub_in_words(self._regex, self.params.repl, text, next_trigger)
+
 
 @register("clean_ip_mapper")
 class CleanIpMapper(_PatternMapper):
@@ -92,6 +139,15 @@ class CleanIpMapper(_PatternMapper):
         r"{3}(?:(?:1[0-9][0-9])|(?:2[0-4][0-9])|(?:25[0-5])|(?:[1-9][0-9])|(?:[0-9]))|"
         r"([\da-fA-F]{1,4}:){7}[\da-fA-F]{1,4}"
     )
+
+    def process_text(self, text: str) -> str:
+        # an IPv4 address holds a digit, a dot and a digit; an IPv6 one seven colons
+        if self.params.pattern is None and _DIGIT_DOT_DIGIT.search(text) is None and text.count(":") < 7:
+            return text
+        return super().process_text(text)
+
+
+_DIGIT_DOT_DIGIT = re.compile(r"\.(?<=[0-9]\.)[0-9]")  # starts with the literal dot, which `re` scans for fast
 
 
 @register("clean_html_mapper")

@@ -24,7 +24,9 @@ import pyarrow.parquet as pq
 import pypdf
 import trafilatura
 from docx.table import Table
+from lxml import etree
 from trafilatura.xml import xmltotxt
+from trafilatura.xpaths import BODY_XPATH
 
 from operators.readers.records import Document, Reject, Rejected
 
@@ -175,7 +177,7 @@ def read_html(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterat
     html, decoded = decode_text(read_limited(stream, options.max_bytes))
     # favor_recall keeps the text of documentation pages that the precision mode cuts.
     extracted = trafilatura.bare_extraction(
-        html, favor_recall=True, include_formatting=True, include_tables=True, include_comments=False,
+        _framed(html), favor_recall=True, include_formatting=True, include_tables=True, include_comments=False,
         include_links=False, include_images=False, with_metadata=True,
     )
     if extracted is None:
@@ -185,6 +187,27 @@ def read_html(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterat
     else:
         text = plain_text(extracted.body)
     yield _document(text or "", source_uri, "html", extracted.title or "", **decoded)
+
+
+def _framed(html: str):
+    """The page as trafilatura should see it to keep its section headings (DocBook pages such as the Debian FAQ and
+    handbook lost every one, in any output format and with any of trafilatura's options):
+    - an `<a>` without `href` is a link target, not a link: trafilatura counts it as a link with no text, so a
+      heading's box holding only `<h2><a id="x"></a>Title</h2>` is dropped as all-link boilerplate;
+    - a page with none of the content frames trafilatura looks for (`<article>`, `<main>`, `class="content"`...)
+      gets only its "wild" paragraphs, lists and tables recovered, never a heading: its body becomes the frame."""
+    tree = trafilatura.load_html(html)
+    if tree is None:
+        return html  # trafilatura rejects it the same way
+    for anchor in tree.xpath("//a[not(@href)]"):
+        anchor.tag = "span"
+    body = tree.find(".//body")
+    if body is not None and not any(frame(tree) for frame in BODY_XPATH):
+        article = etree.Element("article")
+        article.text, body.text = body.text, None
+        article.extend(list(body))
+        body.append(article)
+    return tree
 
 
 # Elements of trafilatura's extracted tree (its XML-TEI-like output) that make blocks of their own.

@@ -133,3 +133,35 @@ def test_a_recipe_that_splits_documents_publishes_the_pieces_and_runs_incrementa
                 sorted(set(drops.column("doc_id").to_pylist())))
 
     assert rows(storage) == rows(fresh)
+
+
+def test_cleaning_ray_section_sets_the_ray_resources_and_needs_executor_ray():
+    import pytest
+
+    from datamate_assets.ray_stages import stage_resources
+    from datamate_assets.spec import SpecFileError, validate_spec
+
+    base = {"name": "web", "sources": [{"type": "folder", "path": "unused"}]}
+    ray = {"actors": 8, "cpus_per_actor": 2, "memory_mb": 1024, "rows_per_shard": 1000}
+    spec = validate_spec({**base, "cleaning": {"executor": "ray", "process": PROCESS, "ray": ray}}, "web.yaml")
+    resources = stage_resources(spec.cleaning.ray)
+    assert (resources.actors, resources.cpus_per_actor, resources.memory_mb, resources.rows_per_shard) == \
+        (8, 2, 1024, 1000)
+    assert validate_spec({**base, "cleaning": {"executor": "ray"}}, "web.yaml").cleaning.ray.actors is None
+    problems = [
+        ("cleaning", "`ray:` sets the Ray resources of `executor: ray`", {"process": PROCESS, "ray": {"actors": 2}}),
+        ("cleaning.ray.memory_mb", "greater than or equal to 64", {"executor": "ray", "ray": {"memory_mb": 1}}),
+        ("cleaning.ray.actor", "Extra inputs are not permitted", {"executor": "ray", "ray": {"actor": 2}}),
+    ]
+    for field, reason, section in problems:
+        with pytest.raises(SpecFileError) as error:
+            validate_spec({**base, "cleaning": section}, "web.yaml")
+        assert f"web.yaml: {field}: " in str(error.value) and reason in str(error.value)
+
+    from operators.ray_exec import task_options
+
+    cluster = {"CPU": 4.0, "memory": 8 * 2**30}
+    assert task_options(resources, cluster) == ({"num_cpus": 2, "memory": 1024 * 2**20}, {"batch_size": 1000})
+    assert task_options(None, cluster) == ({}, {})  # Ray's defaults
+    with pytest.raises(ValueError, match=r"cleaning: one actor needs 2.0 CPU and 16384 MB .* 8192 MB"):
+        task_options(stage_resources(spec.cleaning.ray.model_copy(update={"memory_mb": 16384})), cluster)

@@ -218,3 +218,26 @@ def test_dataset_spec_points_its_cleaning_stage_at_a_config_file(tmp_path):
     with pytest.raises(SpecFileError, match="either `process:` or `config:`"):
         validate_spec({**spec, "cleaning": {"config": "recipes/good.yaml", "process": [{"text_length_filter": {}}]}},
                       tmp_path / "docs.yaml")
+
+
+def test_input_is_read_in_batches_with_one_schema_for_every_record(tmp_path, capsys):
+    """A field that is null in the first batch and a number later, and one that appears late, keep one type."""
+    from operators.dj_config import InputDataset
+
+    rows = [{"text": f"document number {i} is long enough", "score": None} for i in range(2100)]
+    rows += [{"text": f"later document {i} has a score", "score": i / 2, "meta": {"lang": "en"}} for i in range(300)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    dataset = InputDataset.open(tmp_path / "in.jsonl")
+    batches = list(dataset.batches())
+    assert [b.num_rows for b in batches] == [2000, 400] and all(b.schema == dataset.schema for b in batches)
+    assert dataset.schema.field("score").type == pa.float64()
+    recipe = config(tmp_path, "process:\n  - text_length_filter: {min_len: 10}\n")
+    assert datamate(["clean", "--recipe", str(recipe), str(tmp_path / "in.jsonl"), str(tmp_path / "out.parquet")]) == 0
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert out.num_rows == 2400 and out.column("meta").to_pylist()[-1] == {"lang": "en"}
+    assert "kept 2400 of 2400 records" in capsys.readouterr().out
+
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n\n[1, 2]\n', encoding="utf-8")
+    assert datamate(["clean", "--recipe", str(recipe), str(tmp_path / "bad.jsonl"), str(tmp_path / "o.jsonl")]) == 2
+    assert f"error: {tmp_path / 'bad.jsonl'}:3: not a JSON object: list" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()  # the input is checked before anything is written

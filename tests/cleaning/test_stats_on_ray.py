@@ -1,9 +1,11 @@
-"""The Ray executor keeps the same per-document stats, record filters and selectors as the local one."""
+"""The Ray executor keeps the same per-document stats, record filters, selectors and splitting mappers as the
+streaming runner (both through `tests.cleaning.test_ray_executor.clean`)."""
 
 import pyarrow as pa
 
 from bench.corpus import generate
-from operators.recipe import Recipe, run_local, run_ray
+from operators.recipe import Recipe
+from tests.cleaning.test_ray_executor import clean, counts
 
 PROCESS = [
     {"clean_html_mapper": {}},
@@ -15,31 +17,32 @@ PROCESS = [
 ]
 
 
-def test_ray_and_local_agree_on_stats_and_selection(local_ray):
+def test_ray_and_local_agree_on_stats_and_selection(local_ray, tmp_path):
     table = generate(400, seed=5).table.select(["doc_id", "text"])
     table = table.append_column("meta", pa.array([{"n": i} for i in range(table.num_rows)]))
     recipe = Recipe.from_process(PROCESS)
-    local = run_local(recipe, table)
-    distributed = run_ray(recipe, table, num_blocks=3)
-    assert local.kept.num_rows == 150
-    assert local.kept.equals(distributed.kept)
-    # drops leave the streaming runner step by step, the Ray one in input order: compare by the unique meta.n
-    def by_row(table):
-        return sorted(table.to_pylist(), key=lambda row: row["meta"]["n"])
+    local_kept, local_drops, local_stats = clean("local", recipe, table, tmp_path)
+    ray_kept, ray_drops, ray_stats = clean("ray", recipe, table, tmp_path)
+    assert local_kept.num_rows == 150
+    assert ray_kept.equals(local_kept)
 
-    assert by_row(local.drops) == by_row(distributed.drops)
-    assert local.drops.schema == distributed.drops.schema
-    assert set(local.kept.column("stats").type.names) == {"text_len", "meta.n", "num_words"}
+    def by_row(rows: pa.Table) -> list:  # drops leave the streaming runner step by step, Ray's in input order
+        return sorted(rows.to_pylist(), key=lambda row: row["meta"]["n"])
+
+    assert by_row(ray_drops) == by_row(local_drops)  # same operator, reason and stats per document
+    assert ray_drops.schema == local_drops.schema
+    assert counts(ray_stats) == counts(local_stats)
+    assert set(local_kept.column("stats").type.names) == {"text_len", "meta.n", "num_words"}
 
 
-def test_ray_and_local_agree_on_a_recipe_that_splits_documents(local_ray):
+def test_ray_and_local_agree_on_a_recipe_that_splits_documents(local_ray, tmp_path):
     """text_chunk_mapper multiplies rows mid-recipe; the dedup after it sees the pieces on both executors."""
     table = generate(200, seed=7).table.select(["doc_id", "text"])
     recipe = Recipe.from_process([{"text_chunk_mapper": {"max_len": 300, "split_pattern": r"\n"}},
                                   {"text_length_filter": {"min_len": 20}}, {"document_deduplicator": {}}])
-    local = run_local(recipe, table)
-    distributed = run_ray(recipe, table, num_blocks=3)
-    assert local.stats[0].added > 0 and local.kept.num_rows > table.num_rows
-    assert local.kept.equals(distributed.kept)
-    assert [(s.docs_in, s.docs_out, s.added, s.dropped) for s in local.stats] == \
-        [(s.docs_in, s.docs_out, s.added, s.dropped) for s in distributed.stats]
+    local_kept, local_drops, local_stats = clean("local", recipe, table, tmp_path)
+    ray_kept, ray_drops, ray_stats = clean("ray", recipe, table, tmp_path)
+    assert local_stats[0].added > 0 and local_kept.num_rows > table.num_rows
+    assert ray_kept.equals(local_kept)
+    assert sorted(ray_drops.to_pylist(), key=str) == sorted(local_drops.to_pylist(), key=str)
+    assert counts(ray_stats) == counts(local_stats)

@@ -84,7 +84,9 @@ def test_bad_text_inputs_are_rejected_with_a_reason(data, reason):
 def test_html_main_text_is_extracted_and_the_title_kept():
     document = only_document(read(SAMPLES / "debian" / "handbook-en" / "sect.dhcp.html", "html"))
     assert document.title == "10.8. DHCP"
-    assert document.text.startswith("DHCP (for Dynamic Host Configuration Protocol)")
+    # The DocBook section headings stay, each a block of its own before its text.
+    assert document.text.startswith("10.8. DHCP\n\nDHCP (for Dynamic Host Configuration Protocol)")
+    assert "\n\n10.8.1. Configuring\n\n" in document.text and "\n\n10.8.2. DHCP and DNS\n\n" in document.text
     assert "isc-dhcp-server" in document.text
     # Navigation and the download banner are boilerplate, not text.
     assert "Download the ebook" not in document.text

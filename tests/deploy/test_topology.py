@@ -129,7 +129,7 @@ def test_pipeline_runs_on_the_production_topology(tmp_path, postgres_dagster_hom
         check_outputs_in_s3(materialized, s3_endpoint)
         tasks = ray_tasks(ray.dashboard_url)
         print(f"Ray tasks by node: { {where: len(names) for where, names in tasks.items()} }")
-        assert any("_ray_segment" in name for name in tasks["worker"]), tasks  # the recipe's mappers/filters
+        assert any("MapBatches(_segment)" in name for name in tasks["worker"]), tasks  # the recipe's mappers/filters
         assert any("EmbeddingWorker.embed" in name for name in tasks["worker"]), tasks  # the chunks' vectors
         assert not tasks["elsewhere"], tasks
         assert set(actor_nodes(ray.dashboard_url, "EmbeddingWorker")) == {"worker"}  # the model actors
