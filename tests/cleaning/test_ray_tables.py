@@ -73,6 +73,7 @@ def _materialize(executor: str, storage: ObjectStore, collected: pa.Table):
                                                                               "dropped_this_run")}, logs
 
 
+@pytest.mark.e2e  # ~4 min on 2 cores; CI keeps the one-run and S3 cases of this file
 def test_first_and_incremental_runs_on_ray_publish_what_the_local_executor_publishes(local_ray, corpus, tmp_path):
     first = corpus.slice(0, 300)
     second = pa.concat_tables([corpus.slice(0, 280), corpus.slice(300)])  # 20 removed, 100 new
