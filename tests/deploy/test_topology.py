@@ -58,6 +58,8 @@ def demo_project(root: Path) -> Path:
     spec.pop("automation")
     (root / "datasets").mkdir(parents=True)
     (root / "datasets" / f"{DATASET}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    seed_file = spec["synthesis"]["self_instruct"]["seed_file"]  # relative to the spec, as beside its defs.yaml
+    (root / "datasets" / seed_file).symlink_to(REPO / "datamate_assets" / "defs" / DATASET / seed_file)
     (root / "data").symlink_to(REPO / "data")
     return root / "datasets"
 
