@@ -111,9 +111,10 @@ def keep_first_times(rows: Path, previous: Iterable[pa.RecordBatch] | None, keys
     return out
 
 
-def connect(folder: Path) -> duckdb.DuckDBPyConnection:
-    """A DuckDB database in `folder`: its tables live on disk, and past the memory limit its operators spill there."""
-    return duckdb.connect(str(folder / "changes.duckdb"), config={
+def connect(folder: Path, database: str | None = "changes.duckdb") -> duckdb.DuckDBPyConnection:
+    """A DuckDB database in `folder` (in memory with `database=None`): past the memory limit its operators spill
+    to `folder`, so what a query holds does not grow with the data. Cleaning's dedup decisions use it too."""
+    return duckdb.connect(str(folder / database) if database else ":memory:", config={
         "memory_limit": DUCKDB_MEMORY, "threads": 2, "temp_directory": str(folder / "duckdb-spill"),
         # where order matters, the queries say ORDER BY; elsewhere keeping it would cost memory
         "preserve_insertion_order": False})

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from operators.base import Deduplicator, Selector, SplitMapper
+from operators.changes import connect
 from operators.dedup.buckets import BucketDeduplicator, duplicate_map
 from operators.dedup.lines import DocumentLineDeduplicator
 from operators.recipe import (
@@ -56,7 +56,6 @@ from operators.recipe import (
     stats_type,
 )
 
-DUCKDB_MEMORY = "256MB"  # DuckDB spills to disk past this
 PROGRESS_SECONDS = 15.0
 SALT = np.uint64(0x9E3779B97F4A7C15)
 
@@ -495,18 +494,11 @@ def _write_index(workdir: Path, kept_rows: ParquetSink, steps: list[int], split_
     sink.close()
 
 
-def _connect(workdir: Path) -> duckdb.DuckDBPyConnection:
-    connection = duckdb.connect()
-    connection.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'; SET threads = 2; "
-                       f"SET temp_directory = '{workdir / 'duckdb'}'; SET preserve_insertion_order = false")
-    return connection
-
-
 def _decide_buckets(op: BucketDeduplicator, keys: ParquetSink, fps: ParquetSink, workdir: Path) -> DedupDecision:
     """Candidate pairs per bucket, verified on their fingerprints, resolved into {dropped row: reason}."""
     if keys.writer is None:
         return DedupDecision()
-    con = _connect(workdir)
+    con = connect(workdir, database=None)
     con.execute(f"CREATE VIEW keys AS SELECT * FROM read_parquet('{keys.path}')")
     con.execute(f"CREATE VIEW fps AS SELECT * FROM read_parquet('{fps.path}')")
     # (smallest row of each bucket, another member): the same edges the in-memory bucket_edges draws
@@ -546,7 +538,7 @@ def _repeated_unit_owners(units: ParquetSink, workdir: Path) -> dict[int, int]:
     """{unit hash: first row owning it} for the units found in several documents (line/sentence dedup)."""
     if units.writer is None:
         return {}
-    con = _connect(workdir)
+    con = connect(workdir, database=None)
     owners = con.execute(f"""SELECT key, min({ROW}) AS owner FROM read_parquet('{units.path}')
         GROUP BY key HAVING count(DISTINCT {ROW}) > 1""").fetch_arrow_table()
     con.close()
