@@ -14,7 +14,8 @@ collected -> cleaned -> chunks -> indexed (Milvus Lite, MiniLM int8) -> `retriev
 (`index.checks.questions`), which judges a hit right when it holds the answer's text
 (operators/evaluation/retrieval.py). The search-time levers (dense, BM25, RRF, weighted fusion and its weights)
 are then measured on the same knowledge base. Reference row: the same embedding model ranking the answer
-passages alone (no page, no chunking), the ceiling the issue compares with.
+passages alone (no page, no chunking), the ceiling the issue compares with. `--rerank N` compares the default
+search with and without LLM re-ranking (`datamate.rerank`) on each set's first N questions.
 """
 
 import argparse
@@ -56,6 +57,11 @@ CONFIGS = {
                                                            "chunk_overlap": 100}},
     "markdown+context 1200": {"html_format": "markdown", "index": {"splitter": "markdown", "chunk_size": 1200,
                                                                    "chunk_overlap": 100, "heading_context": True}},
+    # Plain text (no Markdown escapes) cut at its `#` heading lines by the markdown splitter.
+    "text+markdown+context": {"html_format": "text", "index": {"splitter": "markdown", "chunk_size": 800,
+                                                               "chunk_overlap": 100, "heading_context": True}},
+    "text+markdown+context 1200": {"html_format": "text", "index": {"splitter": "markdown", "chunk_size": 1200,
+                                                                    "chunk_overlap": 100, "heading_context": True}},
 }
 # Search-time levers, on each knowledge base: (label, search keyword arguments).
 SEARCHES = [
@@ -183,14 +189,16 @@ def run_dataset(spec: dict, home: Path) -> dict:
             for event in result.get_asset_materialization_events()}
 
 
-def search_levers(dataset: str, questions: Path, embeddings) -> dict[str, dict]:
+def search_levers(dataset: str, questions: Path, embeddings, searches: bool = True, rerank: int = 0) -> dict[str, dict]:
     from datamate_resources.milvus import open_knowledge_base
     from operators.evaluation.retrieval import first_answer_rank, rank_summary, read_questions
 
     known = read_questions(questions)
     results = {}
     with open_knowledge_base(dataset, embeddings=embeddings) as knowledge_base:
-        for label, options in SEARCHES:
+        if rerank:
+            results.update(rerank_on_off(knowledge_base, known[:rerank]))
+        for label, options in SEARCHES if searches else []:
             found = knowledge_base.search([q.question for q in known], k=K, **options)
             ranks = [first_answer_rank(h, q) for h, q in zip(found, known, strict=True)]
             results[label] = rank_summary(ranks, K)
@@ -199,6 +207,35 @@ def search_levers(dataset: str, questions: Path, embeddings) -> dict[str, dict]:
                     results[f"{label}, {part} FAQ only"] = rank_summary(
                         [r for r, q in zip(ranks, known, strict=True) if q.source.startswith(f"{part}/")], K)
     return results
+
+
+def rerank_on_off(knowledge_base, known: list) -> dict[str, dict]:
+    """The default search (hybrid RRF) with and without LLM re-ranking of its candidates (3k = 15), on `known`:
+    the re-ranker the service uses (`datamate.rerank`, the configured LLM: the packaged local model unless
+    DATAMATE_LLM_BASE_URL is set)."""
+    from datamate.rerank import reranker_from_settings
+    from datamate_resources.settings import Settings
+    from operators.evaluation.retrieval import first_answer_rank, rank_summary
+
+    reranker = reranker_from_settings(Settings.from_env())
+    asked = [q.question for q in known]
+    found = knowledge_base.search(asked, k=reranker.candidates(K))
+    began = time.perf_counter()
+    reranked = reranker.rerank(asked, found, K)
+    seconds = time.perf_counter() - began
+    kept = sum(r.note is not None for r in reranked)
+    first = f"first {len(known)} q."
+    return {
+        f"hybrid RRF, {first}": rank_summary([first_answer_rank(h[:K], q) for h, q in zip(found, known, strict=True)],
+                                             K),
+        f"hybrid RRF + LLM re-ranking ({reranker.model_name}), {first}": {
+            **rank_summary([first_answer_rank(r.hits, q) for r, q in zip(reranked, known, strict=True)], K),
+            "note": f"{seconds / max(len(known), 1):.1f} s/query, search order kept for {kept} (model error or "
+                    f"unusable answer)"},
+        f"answer among the {reranker.candidates(K)} candidates (re-ranking's ceiling), {first}": {
+            **rank_summary([1 if first_answer_rank(h, q) else None for h, q in zip(found, known, strict=True)], K),
+            "note": "hit rate only (top-1 and MRR read as if re-ranking were perfect)"},
+    }
 
 
 def answers_alone(questions: Path, model) -> dict:
@@ -215,7 +252,7 @@ def answers_alone(questions: Path, model) -> dict:
 
 def row(label: str, summary: dict, extra: str = "") -> str:
     return (f"| {label} | {summary['questions']} | {summary[f'recall_at_{K}']:.1%} | {summary['recall_at_1']:.1%} | "
-            f"{summary['mrr']:.3f} | {extra} |")
+            f"{summary['mrr']:.3f} | {extra or summary.get('note', '')} |")
 
 
 def main() -> None:
@@ -225,6 +262,9 @@ def main() -> None:
     parser.add_argument("--sets", default="comparison,independent")
     parser.add_argument("--searches", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the search-time levers on each knowledge base")
+    parser.add_argument("--rerank", type=int, default=0, metavar="N",
+                        help="also compare the default search with and without LLM re-ranking on the first N "
+                             "questions of each set (the configured LLM; slow with the packaged local model)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from datamate_resources.embeddings import EmbeddingsResource
@@ -251,8 +291,9 @@ def main() -> None:
                 chunks = metadata["chunks"]["chunks"].value
                 lines.append(row(f"{config_name} (retrieval_eval)", summary, f"{chunks} chunks, {seconds:.0f} s"))
                 print(lines[-1], flush=True)
-                if args.searches:
-                    for label, lever in search_levers(dataset, questions, embeddings).items():
+                if args.searches or args.rerank:
+                    for label, lever in search_levers(dataset, questions, embeddings, args.searches,
+                                                      args.rerank).items():
                         lines.append(row(f"{config_name}, {label}", lever))
                         print(lines[-1], flush=True)
         print("\n".join(lines), flush=True)

@@ -181,7 +181,8 @@ def main() -> None:
             model = MiniLMOnnxEmbeddings()
             with (httpx.Client(timeout=30, limits=httpx.Limits(max_connections=64)) as http,
                   MilvusResource(provider="server", uri=uri).get_client() as client):
-                kb = KnowledgeBase(client, DATASET, model, model.model_name)
+                # read at the consistency the service uses
+                kb = KnowledgeBase(client, DATASET, model, model.model_name, read_consistency="Bounded")
 
                 def in_process(query: str) -> bool:
                     return len(kb.search([query], 5, mode=mode)[0]) == 5

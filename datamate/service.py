@@ -37,6 +37,7 @@ from datamate_resources.milvus import (
     filter_expression,
     list_datasets,
 )
+from operators.rerank import LLMReranker
 
 log = logging.getLogger("datamate.serve")
 
@@ -56,6 +57,8 @@ class SearchRequest(BaseModel):
         "doc_id, source_uri, recipe_hash, position", examples=[{"doc_id": ["apt", "ssh"]}],
     )
     per_doc: int | None = Field(None, ge=1, le=MAX_K, description="At most this many hits per document")
+    rerank: bool = Field(False, description="Re-order the candidates with the re-ranking LLM (when the service has "
+                         "one: DATAMATE_RERANK_LLM=1); up to 3k candidates, the top k returned")
 
     @field_validator("query")
     @classmethod
@@ -94,7 +97,8 @@ class Hit(BaseModel):
     text: str
     score: float = Field(description="Cosine similarity of query and chunk (dense model): comparable across queries")
     rank: int
-    rank_score: float = Field(description="What ordered the hits: RRF score (hybrid), BM25 (sparse), cosine (dense)")
+    rank_score: float = Field(description="What ordered the search: RRF score (hybrid), BM25 (sparse), cosine (dense)")
+    search_rank: int | None = Field(None, description="With `rerank`: the rank the search gave before re-ranking")
     source_uri: str
     title: str | None
     metadata: dict[str, Any]
@@ -105,12 +109,20 @@ class QueryHits(BaseModel):
     hits: list[Hit]
 
 
+class RerankInfo(BaseModel):
+    model: str = Field(description="The re-ranking model")
+    reordered: int = Field(description="Queries whose hits come in the model's order")
+    kept: list[str] = Field(description="For the others: why the search order was kept (the search never fails "
+                            "for the re-ranker)")
+
+
 class SearchResponse(BaseModel):
     dataset: str
     dataset_version: str | None = Field(description="Version of the chunks the knowledge base was built from")
     mode: str = Field(description="The mode used (a dense-only knowledge base answers `hybrid` with `dense`)")
     hits: list[Hit] | None = Field(None, description="For `query`")
     results: list[QueryHits] | None = Field(None, description="For `queries`, in their order")
+    rerank: RerankInfo | None = Field(None, description="What re-ranking did, when requested")
 
 
 class Dataset(BaseModel):
@@ -171,7 +183,7 @@ class Backend:
             if knowledge_base is None or knowledge_base.client is not client:
                 knowledge_base = KnowledgeBase(
                     client, dataset, self.embeddings.get_embeddings(), self.embeddings.model_name,
-                    where=self.where, timeout=self.milvus.timeout_seconds, logger=log,
+                    where=self.where, timeout=self.milvus.timeout_seconds, logger=log, read_consistency="Bounded",
                 )
                 if self.milvus.provider != "local":  # keeps its loaded layout across requests
                     self._knowledge_bases[dataset] = knowledge_base
@@ -182,7 +194,9 @@ class Backend:
             return list_datasets(client, timeout=self.milvus.timeout_seconds)
 
 
-def create_app(backend: Backend, keys: list[ApiKey], *, rate: float = 20.0, burst: int = 40) -> FastAPI:
+def create_app(backend: Backend, keys: list[ApiKey], *, rate: float = 20.0, burst: int = 40,
+               reranker: LLMReranker | None = None) -> FastAPI:
+    """`reranker` (see `datamate.rerank`) serves `rerank: true`; without one such requests are a 400."""
     ring, limiter = KeyRing(keys), RateLimiter(rate, burst)
     bearer = HTTPBearer(auto_error=False, description="An API key from DATAMATE_API_KEYS")
 
@@ -251,11 +265,16 @@ def create_app(backend: Backend, keys: list[ApiKey], *, rate: float = 20.0, burs
     def search(request: SearchRequest, key: Caller) -> SearchResponse:
         if not key.allows(request.dataset):
             raise HTTPException(403, f"key {key.name!r} may not read dataset {request.dataset!r}")
+        if request.rerank and reranker is None:
+            raise HTTPException(400, "rerank: this service has no re-ranking model; start it with "
+                                "DATAMATE_RERANK_LLM=1 (it uses DATAMATE_LLM_BASE_URL/DATAMATE_LLM_MODEL, else the "
+                                "packaged local model)")
+        k = reranker.candidates(request.k) if request.rerank else request.k
         started = time.perf_counter()
         queries = request.queries or [request.query]
         with backend.knowledge_base(request.dataset) as knowledge_base:
             try:
-                found = knowledge_base.search(queries, request.k, mode=request.mode, filter=request.filter,
+                found = knowledge_base.search(queries, k, mode=request.mode, filter=request.filter,
                                               per_doc=request.per_doc)
             except LookupError:
                 known = [name for name in list_datasets(knowledge_base.client) if key.allows(name)]
@@ -266,12 +285,21 @@ def create_app(backend: Backend, keys: list[ApiKey], *, rate: float = 20.0, burs
                 raise HTTPException(400, str(error)) from None
             version = knowledge_base.source_version()
             mode = request.mode if knowledge_base.search_layout().hybrid else "dense"
+        rerank = None
+        if request.rerank:  # after the knowledge base is released: Milvus Lite is not held during the LLM call
+            reranked = reranker.rerank(queries, found, request.k)
+            found = [result.hits for result in reranked]
+            rerank = RerankInfo(model=reranker.model_name, reordered=sum(r.reordered for r in reranked),
+                                kept=[f"{q[:80]!r}: {r.note}"
+                                      for q, r in zip(queries, reranked, strict=True) if r.note])
         results = [QueryHits(query=q, hits=[_hit(h) for h in hits]) for q, hits in zip(queries, found, strict=True)]
-        log.info("search key=%s dataset=%s queries=%d k=%d mode=%s in %.0f ms", key.name, request.dataset,
-                 len(queries), request.k, mode, (time.perf_counter() - started) * 1000)
+        log.info("search key=%s dataset=%s queries=%d k=%d mode=%s rerank=%s in %.0f ms", key.name, request.dataset,
+                 len(queries), request.k, mode, request.rerank, (time.perf_counter() - started) * 1000)
         if request.queries is None:
-            return SearchResponse(dataset=request.dataset, dataset_version=version, mode=mode, hits=results[0].hits)
-        return SearchResponse(dataset=request.dataset, dataset_version=version, mode=mode, results=results)
+            return SearchResponse(dataset=request.dataset, dataset_version=version, mode=mode, hits=results[0].hits,
+                                  rerank=rerank)
+        return SearchResponse(dataset=request.dataset, dataset_version=version, mode=mode, results=results,
+                              rerank=rerank)
 
     return app
 
@@ -279,6 +307,7 @@ def create_app(backend: Backend, keys: list[ApiKey], *, rate: float = 20.0, burs
 def _hit(hit: dict) -> Hit:
     return Hit(
         chunk_id=hit["chunk_id"], doc_id=hit["doc_id"], text=hit["text"], score=hit["score"], rank=hit["rank"],
-        rank_score=hit["rank_score"], source_uri=hit["source_uri"], title=hit["title"],
+        rank_score=hit["rank_score"], search_rank=hit.get("search_rank"), source_uri=hit["source_uri"],
+        title=hit["title"],
         metadata={"position": hit["position"], "headings": hit["headings"]},
     )

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import dagster as dg
 import requests
-from dagster_aws.s3.sensor import get_objects
 
 from datamate_assets.keys import key
 from datamate_assets.spec import DatasetSpec, FolderSource, S3Source
@@ -67,6 +66,8 @@ class Inbox:
         if self.url.startswith("s3://"):
             bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
             prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+            from dagster_aws.s3.sensor import get_objects  # ~50 MB of imports every Dagster process would carry
+
             return {
                 f"s3://{bucket}/{obj['Key']}": obj["ETag"].strip('"')
                 for obj in get_objects(bucket, prefix, client=s3_client)

@@ -19,7 +19,6 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
-import pyarrow.parquet as pq
 
 from datamate_assets.keys import key
 from datamate_assets.ray_stages import stage_resources
@@ -31,6 +30,7 @@ from datamate_resources.tables import TableRef
 from operators.analysis import quantile_table, sample_batches, summarize
 from operators.dj_config import load_config
 from operators.evaluation.report import markdown_image
+from operators.parquet import parquet_batches
 from operators.ray_exec import Destination, Outputs, Part, Source, identity_of, read_parts, run_ray_tables
 from operators.ray_shards import RayStageResources
 from operators.recipe import STATS, Recipe, StepStats, stats_type
@@ -238,8 +238,8 @@ class Plan:
             index = tables.commit_parts(storage, dataset, INDEX_STAGE, index_parts.files(), INDEX_SCHEMA,
                                         run_id=run_id)
         elif not self.incremental or kept.rows or drops.rows or self.removed_count:
-            index_file = pq.ParquetFile(work / "index.parquet") if (work / "index.parquet").exists() else None
-            rows = index_file.iter_batches(batch_size=10_000) if index_file and index_file.metadata.num_rows else []
+            index_file = work / "index.parquet"
+            rows = parquet_batches(index_file, 10_000) if index_file.exists() else []
             index = tables.write(storage, dataset, INDEX_STAGE, rows, schema=INDEX_SCHEMA, run_id=run_id)
         return refs[0], refs[1], index
 

@@ -28,6 +28,7 @@ from datamate_resources.io_manager import dataset_and_stage
 from datamate_resources.storage import ObjectStore
 from datamate_resources.tables import TableRef
 from operators.changes import CHANGED, NEW, Changes, compare, keep_first_times
+from operators.parquet import parquet_batches
 from operators.readers import (
     REASONS,
     Document,
@@ -131,7 +132,7 @@ def keep_rejected_at(rejects: Path, storage: ObjectStore, asset_key: dg.AssetKey
 def spilled_rejects(path: Path) -> pa.RecordBatchReader:
     """The rejects file as the table's batches (DuckDB wrote rejected_at last)."""
     batches = (pa.Table.from_batches([batch]).select(REJECTS_SCHEMA.names).cast(REJECTS_SCHEMA).to_batches()
-               for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS))
+               for batch in parquet_batches(path, BATCH_ROWS))
     return pa.RecordBatchReader.from_batches(REJECTS_SCHEMA, (b for parts in batches for b in parts))
 
 
@@ -172,7 +173,7 @@ class Batches:
         self.writer.close()
 
     def iter_batches(self) -> Iterator[pa.RecordBatch]:
-        yield from pq.ParquetFile(self.path).iter_batches(batch_size=BATCH_ROWS)
+        yield from parquet_batches(self.path, BATCH_ROWS)
 
 
 DELETED = "__deleted"
@@ -342,7 +343,7 @@ def build_defs(spec: DatasetSpec) -> dg.Definitions:
             if rejects_key in context.selected_asset_keys:
                 rejected = keep_rejected_at(rejects.path, storage, rejects_key, Path(work), context.log)
                 reasons = Counter()
-                for batch in pq.ParquetFile(rejected).iter_batches(batch_size=BATCH_ROWS, columns=["reason"]):
+                for batch in parquet_batches(rejected, BATCH_ROWS, ["reason"]):
                     reasons.update(batch.column("reason").to_pylist())
                 # Dagster hands this output to the IO manager, which writes it from the file, before resuming here.
                 yield dg.Output(spilled_rejects(rejected), output_name="collection_rejects", metadata={

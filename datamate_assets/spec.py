@@ -284,7 +284,11 @@ class IndexChecks(Section):
 
 
 class IndexSection(Section):
-    splitter: Literal["recursive", "token", "markdown", "html"] = "recursive"
+    # markdown by default: it cuts at the `#` headings that HTML (read as text), Markdown and DOCX documents carry,
+    # and keeps a text without headings as the recursive splitter would (the README's retrieval-quality study:
+    # 98.6% top-5 on its independent check, 89.8% with recursive).
+    splitter: Literal["recursive", "token", "markdown", "html"] = Field(
+        "markdown", description="How documents are cut: markdown (at headings, then by size), recursive, token, html")
     chunk_size: int = Field(800, gt=0)
     chunk_overlap: int = Field(100, ge=0)
     # On by default: it never lost in the README's retrieval-quality study and won 2 points on its independent check.

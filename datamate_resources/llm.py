@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 import dagster as dg
-import openai
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
@@ -429,6 +428,8 @@ class LLMClient:
         if not self.budget_left():
             self.usage.add(budget_stopped=1)
             return StructuredResult(key, None, error=BUDGET_ERROR)
+        import openai  # its error types only; imported where a model is called, not in every Dagster process
+
         chat = self.resource.chat_model().bind(response_format=_response_format(schema))
         conversation = list(convert_to_messages(messages))
         error = ""

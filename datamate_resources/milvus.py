@@ -17,6 +17,8 @@ reads the same across queries and modes, and `rank_score`, the one that ordered 
 hybrid mode, BM25 in sparse mode, the cosine in dense mode).
 """
 
+from __future__ import annotations
+
 import contextlib
 import itertools
 import json
@@ -27,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlparse
 
 import dagster as dg
@@ -35,10 +37,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from langchain_core.embeddings import Embeddings
-from pymilvus import AnnSearchRequest, DataType, Function, FunctionType, MilvusClient, RRFRanker, WeightedRanker
-from pymilvus.exceptions import MilvusException
 
 from datamate_resources.tables import TableRef
+
+# pymilvus (with the pandas and grpc it loads, ~80 MB) is imported where Milvus is used: every Dagster process
+# imports this module.
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
 
 log = logging.getLogger("datamate.milvus")
 
@@ -153,6 +158,9 @@ class MilvusResource(dg.ConfigurableResource):
         return str(Path(self.path).resolve())
 
     def _connect_local(self) -> MilvusClient:
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
         path = self._lite_path()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_wait_seconds
@@ -175,6 +183,9 @@ class MilvusResource(dg.ConfigurableResource):
         return self._connect_server()
 
     def _connect_server(self) -> MilvusClient:
+        from pymilvus import MilvusClient
+        from pymilvus.exceptions import MilvusException
+
         try:
             return MilvusClient(uri=self.uri, token=self.token or "", timeout=self.timeout_seconds, dedicated=True)
         except MilvusException as error:
@@ -235,7 +246,7 @@ class Layout:
     index_type: str
     index_params: dict = field(default_factory=dict)
 
-    def same_vectors(self, other: "Layout") -> bool:
+    def same_vectors(self, other: Layout) -> bool:
         return (self.model, self.dim, self.hybrid, self.index_type) == (
             other.model, other.dim, other.hybrid, other.index_type
         )
@@ -270,6 +281,7 @@ class KnowledgeBase:
         where: str = "Milvus",
         timeout: float = 30.0,
         logger: logging.Logger | dg.DagsterLogManager | None = None,
+        read_consistency: str | None = None,
     ):
         self.client = client
         self.name = collection_name(dataset)
@@ -279,10 +291,16 @@ class KnowledgeBase:
         self.timeout = timeout
         self.log = logger or log
         self._search_layout: Layout | None = None  # looked up and loaded once per instance, not per query
+        # Searches read at the collection's Strong consistency unless told otherwise: a Milvus server then waits
+        # for its next time tick (200 ms) on every search. The retrieval service reads at "Bounded" (it sees an
+        # index update within seconds) and answers in milliseconds.
+        self._read = {"consistency_level": read_consistency} if read_consistency else {}
 
     # --- helpers --------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _milvus(self, doing: str) -> Iterator[None]:
+        from pymilvus.exceptions import MilvusException
+
         try:
             yield
         except MilvusException as error:
@@ -343,6 +361,8 @@ class KnowledgeBase:
         return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 
     def _create(self, layout: Layout) -> None:
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
+
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
@@ -605,6 +625,7 @@ class KnowledgeBase:
         per_doc: int | None = None,
         fusion: str = FUSION,
         weights: tuple[float, float] = WEIGHTS,
+        rerank=None,
     ) -> list[list[dict]]:
         """Top-k hits per query: chunk_id, doc_id, text, source_uri, position, headings, title, rank, score
         (dense cosine), rank_score (what ordered the hits: RRF in hybrid, BM25 in sparse, cosine in dense mode).
@@ -612,12 +633,20 @@ class KnowledgeBase:
         `mode` "hybrid" fuses dense and BM25 rankings by `fusion` ("rrf", or "weighted" with `weights` (dense,
         BM25)); a dense-only collection answers it with dense search; `filter` keeps chunks matching
         `{field: value or [values]}` (see `filter_expression`); `per_doc` keeps at most that many hits per
-        document, so one document does not fill the top k (more candidates are fetched for it).
+        document, so one document does not fill the top k (more candidates are fetched for it). `rerank`, a
+        re-ranker such as `operators.rerank.LLMReranker`, re-orders `rerank.candidates(k)` hits per query and
+        keeps the top k (each with `search_rank`, its rank before); where it cannot, the search order stays.
         """
+        if rerank is not None:
+            found = self.search(queries, rerank.candidates(k), mode=mode, filter=filter, per_doc=per_doc,
+                                fusion=fusion, weights=weights)
+            return [result.hits for result in rerank.rerank(queries, found, k)]
         if mode not in SEARCH_MODES:
             raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion {fusion!r} is not one of {list(FUSIONS)}")
+        from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+
         ranker = RRFRanker(RRF_K) if fusion == "rrf" else WeightedRanker(*weights)
         expression = filter_expression(filter)
         layout = self.search_layout()
@@ -649,6 +678,7 @@ class KnowledgeBase:
                         limit=limit,
                         output_fields=fields,
                         timeout=self.timeout,
+                        **self._read,
                     )[0]
                     for query, vector in zip(queries, vectors, strict=True)
                 ]
@@ -656,7 +686,7 @@ class KnowledgeBase:
                 results = self.client.search(
                     self.name, data=vectors if mode == "dense" else queries,
                     anns_field=mode, filter=expression, limit=limit, output_fields=fields, timeout=self.timeout,
-                    search_params=dense_params if mode == "dense" else {"metric_type": "BM25"},
+                    search_params=dense_params if mode == "dense" else {"metric_type": "BM25"}, **self._read,
                 )
         return [
             self._hits(found, np.asarray(vector, dtype=np.float32), mode, k, per_doc)

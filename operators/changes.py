@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from operators.parquet import parquet_batches
+
 DUCKDB_MEMORY = "256MB"  # DuckDB spills to disk past this
 BATCH_ROWS = 10_000
 # A spilled row is new, changed (same source_uri, other doc_id), unchanged, or a repeat of an earlier row's
@@ -150,7 +152,7 @@ def _spill(batches: Iterable[pa.RecordBatch], path: Path, schema: pa.Schema) -> 
 
 
 def _batches(path: Path) -> Iterator[pa.RecordBatch]:
-    yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS)
+    yield from parquet_batches(path, BATCH_ROWS)
 
 
 def _sql_path(path: Path) -> str:

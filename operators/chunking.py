@@ -7,7 +7,9 @@ Splitters (the `index.splitter` of a dataset spec):
   cut at natural boundaries and kept verbatim; tiktoken's TokenTextSplitter is not used because its
   encodings are downloaded at run time.
 - `markdown` / `html`: split at headers first (MarkdownHeaderTextSplitter / HTMLHeaderTextSplitter), the
-  headings above a chunk go to `headings`, then long sections are split recursively by characters.
+  headings above a chunk go to `headings`, then long sections are split recursively by characters. A text
+  with no `#` heading line goes to the recursive splitter as it is. HTML read as text (the default
+  `html_format`) has its headings as `#` lines, so `markdown` cuts it at its sections too.
 
 `heading_context` (the `index.heading_context` of a spec) carries the page title and the section headings
 into every chunk: into `headings` (title first) and, as a first line `Title > Section > Subsection`, into the
@@ -20,6 +22,7 @@ within the document), headings (JSON list), source_uri, recipe_hash.
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -33,6 +36,7 @@ from langchain_text_splitters import (
 
 SPLITTERS = ("recursive", "token", "markdown", "html")
 HEADER_LEVELS = 4
+MARKDOWN_HEADING = re.compile(rf"^#{{1,{HEADER_LEVELS}}}( |$)", re.M)
 
 CHUNK_SCHEMA = pa.schema(
     [
@@ -101,6 +105,8 @@ def _size_splitter(config: ChunkingConfig) -> RecursiveCharacterTextSplitter:
 def _sections(text: str, splitter: str, strip_headers: bool = False) -> list[tuple[str, list[str]]]:
     """(section text, headings above it) pairs: the whole text for the plain splitters."""
     if splitter == "markdown":
+        if not MARKDOWN_HEADING.search(text):
+            return [(text, [])]  # kept verbatim: the header splitter strips every line and joins them with "  \n"
         header_splitter = MarkdownHeaderTextSplitter(
             [("#" * level, f"h{level}") for level in range(1, HEADER_LEVELS + 1)], strip_headers=strip_headers
         )

@@ -21,6 +21,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from operators.base import DEFAULT_TEXT_KEY
+from operators.parquet import parquet_batches
 from operators.recipe import BATCH_ROWS, STATS, Recipe, RecipeError, read_recipe_file
 from operators.registry import load_operator_paths
 
@@ -298,7 +299,7 @@ class InputDataset:
 
     def _file_batches(self, path: Path, rows: int) -> Iterator[pa.Table]:
         if path.suffix == ".parquet":
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+            for batch in parquet_batches(path, rows):
                 yield pa.Table.from_batches([batch])
         elif path.suffix in (".jsonl", ".json"):
             for chunk in _json_chunks(path, rows):

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from operators.base import Deduplicator, Selector, SplitMapper
 from operators.dedup.buckets import BucketDeduplicator, bucket_edges
 from operators.dedup.lines import DocumentLineDeduplicator
+from operators.parquet import parquet_batches
 from operators.ray_shards import RayStageResources
 from operators.recipe import (
     ALIVE,
@@ -205,7 +206,7 @@ def read_parts(parts: Sequence[Part], storage_options: dict[str, str] | None, co
     """Stream written parts back, a batch at a time (the asset's statistics sample, incremental merges)."""
     for part in parts:
         fs, path = filesystem(part.uri, storage_options)
-        yield from pq.ParquetFile(fs.open_input_file(path)).iter_batches(batch_size=batch_size, columns=columns)
+        yield from parquet_batches(fs.open_input_file(path), batch_size, columns)
 
 
 # --- statistics carried with the rows -------------------------------------------------------------------------
@@ -761,7 +762,9 @@ def run_ray_tables(recipe: Recipe, source: Source, outputs: Outputs, *, new_iden
                 published = (ray.data.from_arrow(index_files).repartition(max(1, index_files.num_rows)), index,
                              current_ref) if index_files is not None else None
                 for attempt in range(1, SHARD_ATTEMPTS + 1):
-                    group = [shard_class.options(scheduling_strategy="SPREAD").remote(i, count) for i in range(count)]
+                    nodes = _worker_nodes()
+                    group = [shard_class.options(scheduling_strategy=_on(nodes, i)).remote(i, count)
+                             for i in range(count)]
                     try:
                         decided = _dedup_step(ds, step, op, text_key, group, published, {**task, **batch}, log)
                         kept_up += group
@@ -833,6 +836,23 @@ def _dedup_step(ds, step: int, op: Deduplicator, text_key: str, group: list, pub
     log(f"step {step} {op.name} (ray): {len(group)} shard actors, {units} units repeated across documents")
     return ds.map_batches(_apply_lines, fn_args=(step, op, text_key, group), batch_format="pyarrow",
                           **task).materialize()
+
+
+def _worker_nodes() -> list[str]:
+    """The alive nodes that have CPUs. Shard actors reserve none, so Ray's SPREAD would also put them on a head
+    started with no CPUs (as a production head is, to only schedule): their buckets and union-find would then
+    sit in the head's memory."""
+    import ray
+
+    return [node["NodeID"] for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0]
+
+
+def _on(nodes: list[str], index: int):
+    """Shard `index`'s placement: round robin over `nodes`. Hard: a soft affinity was seen spilled back to the
+    no-CPU head on a busy cluster; a node gone by then fails the attempt and the step runs again on the others."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(nodes[index % len(nodes)], soft=False) if nodes else "SPREAD"
 
 
 def _alive(shard) -> bool:

@@ -204,7 +204,8 @@ def _drive(actors: list, shards: list[Shard], run: ShardRun, stage: str, log: Ca
 
     def submit(index: int) -> None:
         number, shard = queue.pop()
-        pending[actors[index].run.remote(number, shard)] = index
+        # named after the stage, so the dashboard and the state API tell the stages' tasks apart
+        pending[actors[index].run.options(name=f"ShardWorker.run[{stage}]").remote(number, shard)] = index
 
     for index in range(len(actors)):
         for _ in range(IN_FLIGHT_PER_ACTOR):

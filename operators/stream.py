@@ -33,6 +33,7 @@ from operators.base import Deduplicator, Selector, SplitMapper
 from operators.changes import connect
 from operators.dedup.buckets import BucketDeduplicator, duplicate_map
 from operators.dedup.lines import DocumentLineDeduplicator
+from operators.parquet import parquet_batches
 from operators.recipe import (
     ALIVE,
     BATCH_ROWS,
@@ -111,7 +112,7 @@ class ParquetSink:
 
     def batches(self, batch_size: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         if self.writer is not None:
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=batch_size)
+            yield from parquet_batches(self.path, batch_size)
 
 
 def ordered_map(pool: Executor | None, function: Callable, items: Iterable, ahead: int) -> Iterator:
@@ -440,7 +441,7 @@ def _keys_per_row(path: Path) -> Iterator[tuple[np.ndarray, pa.Array]]:
     if not path.exists():
         return
     carry_rows, carry_keys = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    for batch in pq.ParquetFile(path).iter_batches(BATCH_ROWS, columns=[ROW, "key"]):
+    for batch in parquet_batches(path, BATCH_ROWS, [ROW, "key"]):
         rows = np.concatenate([carry_rows, batch.column(ROW).to_numpy()])
         keys = np.concatenate([carry_keys, batch.column("key").to_numpy()])
         if np.any(rows[1:] < rows[:-1]):
@@ -468,11 +469,11 @@ def _write_index(workdir: Path, kept_rows: ParquetSink, steps: list[int], split_
         if not (step_dir / "fps.parquet").exists():
             continue
         shift = SPLIT_BITS * sum(1 for split in split_steps if split > step)  # back to the row ids of `step`
-        kept_batches = pq.ParquetFile(kept_rows.path).iter_batches(BATCH_ROWS, columns=[ROW]) \
+        kept_batches = parquet_batches(kept_rows.path, BATCH_ROWS, [ROW]) \
             if kept_rows.rows else iter(())
         kept = _RowLookup((rows >> shift, None) for rows in _ascending_rows(kept_batches, kept_rows.path))
         keys = _RowLookup(_keys_per_row(step_dir / "keys.parquet"))
-        for batch in pq.ParquetFile(step_dir / "fps.parquet").iter_batches(BATCH_ROWS):
+        for batch in parquet_batches(step_dir / "fps.parquet", BATCH_ROWS):
             rows = next(_ascending_rows([batch], step_dir / "fps.parquet"), None)
             if rows is None:
                 continue
@@ -501,9 +502,12 @@ def _decide_buckets(op: BucketDeduplicator, keys: ParquetSink, fps: ParquetSink,
     con = connect(workdir, database=None)
     con.execute(f"CREATE VIEW keys AS SELECT * FROM read_parquet('{keys.path}')")
     con.execute(f"CREATE VIEW fps AS SELECT * FROM read_parquet('{fps.path}')")
-    # (smallest row of each bucket, another member): the same edges the in-memory bucket_edges draws
-    con.execute(f"""CREATE TABLE pairs AS SELECT DISTINCT first, {ROW} AS other FROM (
-        SELECT {ROW}, min({ROW}) OVER (PARTITION BY key) AS first FROM keys) WHERE {ROW} <> first AND {ROW} >= 0""")
+    # (smallest row of each bucket, another member): the same edges the in-memory bucket_edges draws. Only buckets
+    # with several members are joined back: a grouping spills to disk past the memory limit, a window over every
+    # key held ~1.2 GB at 1M documents.
+    con.execute(f"""CREATE TABLE pairs AS SELECT DISTINCT shared.first, keys.{ROW} AS other
+        FROM keys JOIN (SELECT key, min({ROW}) AS first FROM keys GROUP BY key HAVING count(*) > 1) shared
+        USING (key) WHERE keys.{ROW} <> shared.first AND keys.{ROW} >= 0""")
     width = op.fingerprint_batch(["probe text for the fingerprint shape"])
     dtype, columns = width.dtype, width.shape[1]
     first_parts, other_parts = [], []
@@ -539,8 +543,9 @@ def _repeated_unit_owners(units: ParquetSink, workdir: Path) -> dict[int, int]:
     if units.writer is None:
         return {}
     con = connect(workdir, database=None)
-    owners = con.execute(f"""SELECT key, min({ROW}) AS owner FROM read_parquet('{units.path}')
-        GROUP BY key HAVING count(DISTINCT {ROW}) > 1""").fetch_arrow_table()
+    # DISTINCT first: a count(DISTINCT ...) aggregate cannot spill, and ran out of DuckDB's memory at 1M documents
+    owners = con.execute(f"""SELECT key, min({ROW}) AS owner FROM (SELECT DISTINCT key, {ROW} FROM
+        read_parquet('{units.path}')) GROUP BY key HAVING count(*) > 1""").fetch_arrow_table()
     con.close()
     units = owners.column("key").to_numpy().view(np.uint64).tolist()
     return dict(zip(units, owners.column("owner").to_pylist(), strict=True))

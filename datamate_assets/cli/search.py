@@ -7,7 +7,8 @@ With --queries (or --json) each query gives one JSON line: {"q": ..., "hits": [{
 source_uri, score}, ...]}. `score` is the cosine similarity of question and chunk (comparable across questions),
 printed next to the score that ranked the hits (RRF in hybrid mode). Uses the same Milvus and embeddings as the
 code location (DATAMATE_* variables); with Milvus Lite the command waits while a run holds the database (one
-process at a time). For other processes and applications, `datamate serve` (docs/serving.md).
+process at a time). For other processes and applications, `datamate serve` (docs/serving.md). `--rerank`
+re-orders the candidates with the configured LLM when DATAMATE_RERANK_LLM=1 (`datamate.rerank`).
 """
 
 import json
@@ -29,6 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--mode", choices=["hybrid", "dense", "sparse"], default="hybrid",
                         help="hybrid (dense + BM25, default), dense or sparse (BM25)")
     parser.add_argument("--per-doc", type=int, default=None, help="At most this many hits per document")
+    parser.add_argument("--rerank", action="store_true",
+                        help="Re-order up to 3k candidates with the LLM (needs DATAMATE_RERANK_LLM=1)")
     parser.set_defaults(func=run)
 
 
@@ -62,10 +65,27 @@ def run(args) -> int:
 
     from datamate_resources.milvus import MilvusUnavailableError, open_knowledge_base
 
+    reranker = None
+    if args.rerank:
+        from datamate.rerank import reranker_from_env
+        from datamate_resources.llm import LLMUnavailableError
+
+        try:
+            reranker = reranker_from_env(settings)
+        except LLMUnavailableError as error:
+            print(f"error: the re-ranking LLM is not usable: {error}", file=sys.stderr)
+            return 2
+        if reranker is None:
+            print("error: --rerank needs a re-ranking model: set DATAMATE_RERANK_LLM=1 (it uses "
+                  "DATAMATE_LLM_BASE_URL/DATAMATE_LLM_MODEL, else the packaged local model)", file=sys.stderr)
+            return 2
     try:
         queries = read_queries(queries_file) if queries_file else [args.question]
         with open_knowledge_base(args.dataset, settings) as knowledge_base:
-            results = knowledge_base.search(queries, k=args.k, mode=args.mode, per_doc=args.per_doc)
+            found = knowledge_base.search(queries, k=reranker.candidates(args.k) if reranker else args.k,
+                                          mode=args.mode, per_doc=args.per_doc)
+        # after Milvus Lite is released, so a run is not kept waiting during the LLM calls
+        results = [r.hits for r in reranker.rerank(queries, found, args.k)] if reranker else found
     except (ValueError, OSError, LookupError, MilvusUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

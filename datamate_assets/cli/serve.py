@@ -5,7 +5,9 @@
 
 Reads the same Milvus and embedding model as the code location (DATAMATE_* variables). Keys come from
 DATAMATE_API_KEYS and/or the file named by DATAMATE_API_KEYS_FILE; without any key the service only starts on
-a loopback address (then every /v1 request is refused with 401: there is no open mode).
+a loopback address (then every /v1 request is refused with 401: there is no open mode). With
+DATAMATE_RERANK_LLM=1, `rerank: true` in a search re-orders its candidates with the configured LLM
+(`datamate.rerank`).
 """
 
 import ipaddress
@@ -52,8 +54,10 @@ def run(args) -> int:
 
     import uvicorn
 
+    from datamate.rerank import reranker_from_env
     from datamate.service import Backend, create_app
     from datamate_resources.embeddings import build_embeddings
+    from datamate_resources.llm import LLMUnavailableError
     from datamate_resources.milvus import build_milvus
     from datamate_resources.settings import Settings
 
@@ -61,10 +65,17 @@ def run(args) -> int:
     settings = Settings.from_env()
     milvus = build_milvus(settings, timeout_seconds=args.milvus_timeout).process_config_and_initialize()
     backend = Backend(milvus, build_embeddings(settings).process_config_and_initialize())
+    try:
+        reranker = reranker_from_env(settings, logging.getLogger("datamate.serve"))
+    except LLMUnavailableError as error:
+        print(f"error: DATAMATE_RERANK_LLM is set but the LLM is not usable: {error}", file=sys.stderr)
+        return 2
     logging.getLogger("datamate.serve").info(
         "serving %s with %d API key(s) (%s) on %s:%d", backend.where, len(keys),
         ", ".join(key.name for key in keys) or "none", args.host, args.port,
     )
-    uvicorn.run(create_app(backend, keys, rate=args.rate, burst=args.burst), host=args.host, port=args.port,
-                log_level="info")
+    if reranker is not None:
+        logging.getLogger("datamate.serve").info("re-ranking on request with LLM %s", reranker.model_name)
+    uvicorn.run(create_app(backend, keys, rate=args.rate, burst=args.burst, reranker=reranker), host=args.host,
+                port=args.port, log_level="info")
     return 0

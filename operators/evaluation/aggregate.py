@@ -8,16 +8,16 @@
 import math
 from collections.abc import Sequence
 
-from scipy import stats
-from sklearn.metrics import cohen_kappa_score
-
 CONFIDENCE = 0.95
+# scipy and scikit-learn (~70 MB) are imported in the functions that use them: every Dagster process imports this.
 
 
 def share_interval(successes: int, total: int) -> dict:
     """{value, low, high, n} of successes/total (Wilson); value None when nothing was counted."""
     if total == 0:
         return {"value": None, "low": None, "high": None, "n": 0}
+    from scipy import stats
+
     interval = stats.binomtest(successes, total).proportion_ci(CONFIDENCE, method="wilson")
     return {"value": round(successes / total, 4), "low": round(float(interval.low), 4),
             "high": round(float(interval.high), 4), "n": total}
@@ -28,6 +28,8 @@ def mean_interval(values: Sequence[float]) -> dict:
     n = len(values)
     if n == 0:
         return {"value": None, "low": None, "high": None, "n": 0}
+    from scipy import stats
+
     mean = sum(values) / n
     if n < 2:
         return {"value": round(mean, 4), "low": None, "high": None, "n": 1}
@@ -45,5 +47,7 @@ def cohen_kappa(judge: Sequence[str], human: Sequence[str]) -> float | None:
         return None
     if len(set(judge) | set(human)) < 2:
         return None
+    from sklearn.metrics import cohen_kappa_score
+
     kappa = cohen_kappa_score(list(judge), list(human))
     return None if math.isnan(kappa) else round(float(kappa), 4)

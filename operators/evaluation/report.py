@@ -4,12 +4,7 @@ import base64
 import io
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and workers
-
-import matplotlib.pyplot as plt  # noqa: E402
-from tabulate import tabulate  # noqa: E402
+from tabulate import tabulate
 
 
 def markdown_table(rows: Sequence[Mapping], floatfmt: str = ".3g") -> str:
@@ -30,17 +25,28 @@ def markdown_image(png: bytes, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
+def _pyplot():
+    """matplotlib on its headless Agg backend (no display on servers and workers), imported only to plot: every
+    Dagster process loads this module."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
+    _pyplot().close(figure)
     return buffer.getvalue()
 
 
 def histograms_png(series: Mapping[str, Sequence[float]], xlabel: str) -> bytes:
     """One histogram per named series, side by side."""
-    figure, axes = plt.subplots(1, max(1, len(series)), figsize=(4 * max(1, len(series)), 3), squeeze=False)
+    figure, axes = _pyplot().subplots(1, max(1, len(series)), figsize=(4 * max(1, len(series)), 3), squeeze=False)
     for axis, (name, values) in zip(axes[0], series.items(), strict=False):
         axis.hist(values, bins=20, color="#4f7cac")
         axis.set_title(name)
@@ -50,7 +56,7 @@ def histograms_png(series: Mapping[str, Sequence[float]], xlabel: str) -> bytes:
 
 
 def bars_png(values: Mapping[str, float], title: str, ylabel: str, ylim: tuple[float, float] | None = None) -> bytes:
-    figure, axis = plt.subplots(figsize=(max(4, 1.2 * len(values)), 3))
+    figure, axis = _pyplot().subplots(figsize=(max(4, 1.2 * len(values)), 3))
     axis.bar(list(values), list(values.values()), color="#4f7cac")
     axis.set_title(title)
     axis.set_ylabel(ylabel)

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import posixpath
+import re
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,11 +20,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import charset_normalizer
-import docx
 import pyarrow.parquet as pq
-import pypdf
 import trafilatura
-from docx.table import Table
 from lxml import etree
 from trafilatura.xml import xmltotxt
 from trafilatura.xpaths import BODY_XPATH
@@ -215,26 +213,43 @@ _BLOCKS = frozenset({"head", "p", "list", "table", "quote", "div", "section"})
 
 
 def plain_text(body) -> str:
-    """trafilatura's extracted tree as plain text that keeps the page's structure and none of Markdown's syntax:
-    headings and paragraphs as blocks separated by a blank line, list items as `- ` or `1. ` lines (nested ones
-    indented), a table as one line per row with cells separated by ` | `, code blocks verbatim. The page's
-    characters stay as they are (`WIDGET_PORT`, not `WIDGET\\_PORT`)."""
+    """trafilatura's extracted tree as plain text that keeps the page's structure and none of Markdown's inline
+    syntax: headings (as `#`/`##`... lines, so the markdown splitter can cut at them) and paragraphs as blocks
+    separated by a blank line, list items as `- ` or `1. ` lines (nested ones indented), a table as one line per
+    row with cells separated by ` | `, code blocks verbatim between ``` fences (a `# comment` in them is no
+    heading; so is any other block with such a line). The page's characters stay as they are (`WIDGET_PORT`,
+    not `WIDGET\\_PORT`)."""
     blocks = [_block(element) for element in body]
-    blocks += [" ".join(element.tail.split()) for element in body if element.tail and element.tail.strip()]
+    blocks += [_no_heading(" ".join(element.tail.split())) for element in body if element.tail and element.tail.strip()]
     return "\n\n".join(block for block in blocks if block)
+
+
+_HEADING_LINE = re.compile(r"^[ \t]*#{1,6}(?:[ \t]|$)", re.M)
+
+
+def _no_heading(text: str) -> str:
+    """A block other than a heading with a line that would read as one (a `# comment` of a `<pre>` that trafilatura
+    takes for a quote, a cell "# of hosts") goes between fences, where the markdown splitter does not cut."""
+    return f"```\n{text}\n```" if _HEADING_LINE.search(text) else text
 
 
 def _block(element) -> str:
     if element.tag == "code":
-        return "".join(element.itertext()).strip("\n")
+        code = "".join(element.itertext()).strip("\n")
+        return f"```\n{code}\n```" if code.strip() else ""
+    if element.tag == "head":
+        heading = _inline(element).replace("\n", " ")
+        rend = element.get("rend", "")
+        level = int(rend[1]) if re.fullmatch(r"h[1-6]", rend) else 2
+        return f"{'#' * level} {heading}" if heading else ""
     if element.tag == "list":
         return "\n".join(_list_lines(element))
     if element.tag == "table":
-        return "\n".join(" | ".join(_inline(cell) for cell in row if cell.tag == "cell")
-                         for row in element.iter("row"))
+        return _no_heading("\n".join(" | ".join(_inline(cell) for cell in row if cell.tag == "cell")
+                                      for row in element.iter("row")))
     if element.tag not in ("head", "p") and any(child.tag in _BLOCKS for child in element):
         return "\n\n".join(block for block in map(_block, element) if block)
-    return _inline(element)
+    return _no_heading(_inline(element))
 
 
 def _list_lines(element, indent: str = "") -> list[str]:
@@ -297,6 +312,8 @@ def _pdf_notes() -> Iterator[list[str]]:
 
 
 def read_pdf(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
+    import pypdf  # the PDF and DOCX libraries load only when such a file is read (every Dagster process imports us)
+
     with _pdf_notes() as notes:
         try:
             reader = pypdf.PdfReader(stream)
@@ -327,6 +344,9 @@ def check_zip_size(stream: BinaryIO, max_bytes: int) -> None:
 
 
 def read_docx(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document]:
+    import docx
+    from docx.table import Table
+
     check_zip_size(stream, options.max_bytes)
     document = docx.Document(stream)
     blocks = []
@@ -432,7 +452,7 @@ def read_csv(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterato
 
 
 def read_parquet(stream: BinaryIO, source_uri: str, options: ReadOptions) -> Iterator[Document | Reject]:
-    parquet = pq.ParquetFile(stream)
+    parquet = pq.ParquetFile(stream, pre_buffer=False)  # a row group at a time (see operators.parquet)
     columns = parquet.schema_arrow.names
     if options.text_field not in columns:
         raise Rejected("missing_field", f"no column '{options.text_field}' (columns: {', '.join(columns)})")

@@ -15,6 +15,7 @@ tested with the served packaged model and wired to any OpenAI-compatible endpoin
   rubric judge; the best and the worst become chosen/rejected with both ratings (ties are set aside).
 """
 
+import functools
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -22,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
-from rouge_score.rouge_scorer import RougeScorer
 
 from operators.evaluation.judge import DEFAULT_RUBRICS, grade_schema, render_rubric_prompt
 from operators.evaluation.metrics import normalize, tokens
@@ -295,11 +295,15 @@ class _Tokenizer:
         return tokens(text)
 
 
-_SCORER = RougeScorer(["rougeL"], tokenizer=_Tokenizer())
+@functools.cache
+def _rouge_scorer():
+    from rouge_score.rouge_scorer import RougeScorer  # imports nltk and scipy (~95 MB): only where ROUGE is scored
+
+    return RougeScorer(["rougeL"], tokenizer=_Tokenizer())
 
 
 def rouge_l(reference: str, candidate: str) -> float:
-    return _SCORER.score(reference, candidate)["rougeL"].fmeasure
+    return _rouge_scorer().score(reference, candidate)["rougeL"].fmeasure
 
 
 class NoveltyFilter:

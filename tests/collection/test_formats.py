@@ -84,9 +84,9 @@ def test_bad_text_inputs_are_rejected_with_a_reason(data, reason):
 def test_html_main_text_is_extracted_and_the_title_kept():
     document = only_document(read(SAMPLES / "debian" / "handbook-en" / "sect.dhcp.html", "html"))
     assert document.title == "10.8. DHCP"
-    # The DocBook section headings stay, each a block of its own before its text.
-    assert document.text.startswith("10.8. DHCP\n\nDHCP (for Dynamic Host Configuration Protocol)")
-    assert "\n\n10.8.1. Configuring\n\n" in document.text and "\n\n10.8.2. DHCP and DNS\n\n" in document.text
+    # The DocBook section headings stay, each a `#` line of its level before its text.
+    assert document.text.startswith("## 10.8. DHCP\n\nDHCP (for Dynamic Host Configuration Protocol)")
+    assert "\n\n### 10.8.1. Configuring\n\n" in document.text and "\n\n### 10.8.2. DHCP and DNS\n\n" in document.text
     assert "isc-dhcp-server" in document.text
     # Navigation and the download banner are boilerplate, not text.
     assert "Download the ebook" not in document.text
@@ -109,18 +109,20 @@ WIDGET_PAGE = b"""<html><head><title>Widget configuration</title></head><body>
 </article></body></html>"""
 
 
-def test_html_becomes_plain_text_with_the_page_structure_and_no_markdown():
+def test_html_becomes_plain_text_with_the_page_structure_and_no_markdown_escapes():
     document = only_document(read(WIDGET_PAGE, "html"))
     assert document.title == "Configuring the widget"  # trafilatura prefers the page's h1 to its <title>
+    # Headings as `#` lines and code between fences (what the markdown splitter cuts at and skips); no inline
+    # Markdown and no escapes.
     assert document.text == (
-        "Configuring the widget\n\n"
+        "# Configuring the widget\n\n"
         "Set WIDGET_PORT to the port the widget listens on, then restart it.\n"
         "Paths like /etc/widget_conf and 2*3 stay as they are.\n\n"
-        "Options\n\n"
+        "## Options\n\n"
         "- WIDGET_PORT: the port\n  - default 8080\n- WIDGET_HOST: the address\n\n"
         "1. Edit the file\n2. Restart the service\n\n"
         "Variable | Default\nWIDGET_PORT | 8080\n\n"
-        "[widget]\n    port = 8080\n\n"
+        "```\n[widget]\n    port = 8080\n```\n\n"
         "That is all there is to it; the widget_name field is optional, as the manual of the widget says."
     )
 

@@ -41,6 +41,7 @@ RUN_TIMEOUT = 1200  # a safety net, not a measurement: the run takes a few minut
 EXPECTED_STAGES = {"collected", "cleaned", "cleaning_drops", "chunks", "annotated", "indexed", "synthesized",
                    "evaluation", "retrieval_eval"}
 SERVED_MODEL = "SmolLM2-135M-Instruct.Q4_1"
+TASK_LIMIT = 10_000  # the most Ray's state API returns per query (RAY_MAX_LIMIT_FROM_API_SERVER)
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 # e2e: the whole production topology as processes; `make test-e2e` (too heavy for CI's 2 cores).
@@ -130,11 +131,17 @@ def test_pipeline_runs_on_the_production_topology(tmp_path, postgres_dagster_hom
         assert EXPECTED_STAGES <= stages, EXPECTED_STAGES - stages
         check_outputs_in_s3(materialized, s3_endpoint)
         tasks = ray_tasks(ray.dashboard_url)
-        print(f"Ray tasks by node: { {where: len(names) for where, names in tasks.items()} }")
-        assert any("MapBatches(_segment)" in name for name in tasks["worker"]), tasks  # the recipe's mappers/filters
-        assert any("EmbeddingWorker.embed" in name for name in tasks["worker"]), tasks  # the chunks' vectors
+        print(f"Ray tasks by node: { {where: sorted(set(names)) for where, names in tasks.items()} }")
+        ran = " ".join(tasks["worker"])
+        # cleaning: the recipe's mappers and filters (Ray Data fuses them into the read tasks, e.g.
+        # `MapBatches(_read_files)->MapBatches(_segment)->...`), the dedup signatures, and the writes of the parts
+        for name in ("MapBatches(_segment)", "MapBatches(_signatures)", "MapBatches(_write)", "DedupShard."):
+            assert name in ran, (name, tasks)
+        for stage in ("chunks", "vectors"):  # chunking, and the embedding of the chunks (operators/ray_shards.py)
+            assert f"ShardWorker.run[{DATASET}/{stage}]" in ran, (stage, tasks)
         assert not tasks["elsewhere"], tasks
-        assert set(actor_nodes(ray.dashboard_url, "EmbeddingWorker")) == {"worker"}  # the model actors
+        for actor in ("ShardWorker", "DedupShard"):  # the model actors and the union-find shards
+            assert set(actor_nodes(ray.dashboard_url, actor)) == {"worker"}, actor
         check_chunks_in_milvus(milvus_uri, materialized[dg.AssetKey([DATASET, "chunks"])]["dagster/row_count"])
 
 
@@ -174,22 +181,24 @@ def materializations(instance: dg.DagsterInstance, run_id: str) -> dict[dg.Asset
 def ray_tasks(dashboard_url: str) -> dict[str, list[str]]:
     """Finished Ray tasks by where they ran: on the worker node, or anywhere else (the head has no CPUs).
 
-    The driver itself (the run process, attached to the head) is a DRIVER_TASK entry, not work: left out.
-    Actor start-ups and Ray's private actors are left out too (below).
+    One query per node (filtered on the node id and the state), each raising if Ray's state API lost or cut
+    any of them: a task missing here would make "nothing ran elsewhere" vacuous. The driver itself (the run
+    process, attached to the head) is a DRIVER_TASK entry, not work: left out. Actor start-ups and Ray's
+    private actors are left out too (below).
     """
     from ray.util.state import list_nodes, list_tasks
 
-    worker_nodes = {node.node_id for node in list_nodes(address=dashboard_url) if not node.is_head_node}
     placed: dict[str, list[str]] = {"worker": [], "elsewhere": []}
-    for task in list_tasks(address=dashboard_url, filters=[("state", "=", "FINISHED")], limit=10_000,
-                           raise_on_missing_output=False):
-        # Actor start-ups are not work (where the embedding actors live is checked by `actor_nodes`), and Ray
-        # Data's own coordinators (`_AutoscalingCoordinatorActor`, `_StatsActor`…) need no CPU and may live
-        # on the head: they schedule and count, they do no data work.
-        if task.type in ("DRIVER_TASK", "ACTOR_CREATION_TASK") or (task.type == "ACTOR_TASK"
-                                                                    and task.name.startswith("_")):
-            continue
-        placed["worker" if task.node_id in worker_nodes else "elsewhere"].append(f"{task.type}:{task.name}")
+    for node in list_nodes(address=dashboard_url, limit=TASK_LIMIT):
+        for task in list_tasks(address=dashboard_url, limit=TASK_LIMIT, raise_on_missing_output=True,
+                               filters=[("node_id", "=", node.node_id), ("state", "=", "FINISHED")]):
+            # Actor start-ups are not work (where the actors live is checked by `actor_nodes`), and Ray Data's
+            # own coordinators (`_AutoscalingCoordinatorActor`, `_StatsActor`…) need no CPU and may live on the
+            # head: they schedule and count, they do no data work.
+            if task.type in ("DRIVER_TASK", "ACTOR_CREATION_TASK") or (task.type == "ACTOR_TASK"
+                                                                        and task.name.startswith("_")):
+                continue
+            placed["elsewhere" if node.is_head_node else "worker"].append(f"{task.type}:{task.name}")
     return placed
 
 
@@ -198,8 +207,9 @@ def actor_nodes(dashboard_url: str, class_name: str) -> list[str]:
     from ray.util.state import list_actors, list_nodes
 
     worker_nodes = {node.node_id for node in list_nodes(address=dashboard_url) if not node.is_head_node}
-    actors = list_actors(address=dashboard_url, filters=[("class_name", "=", class_name)], limit=1_000,
-                         raise_on_missing_output=False)
+    actors = list_actors(address=dashboard_url, filters=[("class_name", "=", class_name)], limit=TASK_LIMIT,
+                         raise_on_missing_output=True)
+    assert actors, f"no {class_name} actor ran"
     return ["worker" if actor.node_id in worker_nodes else "elsewhere" for actor in actors]
 
 

@@ -1,4 +1,5 @@
 import hashlib
+import io
 import json
 
 import pyarrow as pa
@@ -40,6 +41,27 @@ def test_markdown_splitter_records_the_headings_above_each_chunk():
     assert ["Install", "Network"] in headings
     assert headings[-1] == ["Install", "Disks"]
     assert "Partition the disk." in rows[-1]["text"]
+
+
+def test_markdown_splitter_keeps_a_text_without_headings_as_the_recursive_one_does():
+    text = "First paragraph, with    spaces.\n\n    indented code line\n" + "More words here. " * 40
+    assert split_document(text, ChunkingConfig("markdown", 200, 20)) == split_document(
+        text, ChunkingConfig("recursive", 200, 20))
+
+
+def test_html_read_as_text_is_cut_at_its_headings_and_not_at_comments_in_code():
+    from operators.readers.formats import ReadOptions, read_html
+
+    page = (b"<html><body><article><h1>Python FAQ</h1><h2>How do I copy a list?</h2><p>Use a slice.</p>"
+            b"<pre># not a heading\nnew = old[:]</pre><h2>What is a tuple?</h2><p>An immutable sequence.</p>"
+            b"</article></body></html>")
+    document = next(read_html(io.BytesIO(page), "mem://faq.html", ReadOptions()))
+    rows = split_document(document.text, ChunkingConfig("markdown", 800, 100, heading_context=True), document.title)
+    assert [headings for _, headings in rows] == [["Python FAQ", "How do I copy a list?"],
+                                                  ["Python FAQ", "What is a tuple?"]]
+    first = rows[0][0]
+    assert first.startswith("Python FAQ > How do I copy a list?\n\nUse a slice.")
+    assert "# not a heading" in first and "new = old[:]" in first
 
 
 def test_html_splitter_records_the_headings_above_each_chunk():

@@ -8,6 +8,7 @@ by the requested schema's name, and every request is appended to a journal.
 import argparse
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import uvicorn
@@ -28,6 +29,9 @@ def answer(schema_name: str, prompt: str) -> dict:
         return {"feedback": "Fine.", "score": 3 + len(prompt) % 2}
     if schema_name == "TopicAnswer":  # the annotation labeler: the first of the prompt's `Labels: a, b, c`
         return {"topic": prompt.split("\n", 1)[0].removeprefix("Labels: ").split(", ")[0], "confidence": 0.9}
+    if schema_name == "RerankOrder":  # the re-ranker: the passages in reverse order, or a passage that isn't there
+        count = int(re.search(r"\(1 to (\d+)\)", prompt).group(1))
+        return {"ranking": [count + 5] if "unanswerable" in prompt else list(range(count, 0, -1))}
     if schema_name == "CandidateAnswer":
         return {"answer": f"Answer {tag}."}
     if schema_name == "InstructionPairList":

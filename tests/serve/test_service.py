@@ -46,8 +46,9 @@ def test_search_returns_readable_hits(api):
     hits = body["hits"]
     assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
     assert hits[0]["doc_id"] == "ssh" and "port 22" in hits[0]["text"]
-    assert set(hits[0]) == {"chunk_id", "doc_id", "text", "score", "rank", "rank_score", "source_uri", "title",
-                            "metadata"}
+    assert set(hits[0]) == {"chunk_id", "doc_id", "text", "score", "rank", "rank_score", "search_rank",
+                            "source_uri", "title", "metadata"}
+    assert hits[0]["search_rank"] is None and body["rerank"] is None  # no re-ranking asked
     assert hits[0]["source_uri"] == "file:///ssh.txt" and set(hits[0]["metadata"]) == {"position", "headings"}
     # score: the dense cosine, comparable across queries; rank_score: the RRF score that ordered the hits.
     assert 0.3 < hits[0]["score"] <= 1.0 and hits[0]["rank_score"] < 0.05

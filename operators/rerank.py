@@ -1,0 +1,107 @@
+"""LLM re-ranking of search hits (no dagster): one chat-model call per query orders its candidate passages.
+
+Listwise: the prompt numbers the candidates (each cut to `passage_chars`) and asks for `{"ranking": [numbers]}`,
+most relevant first (a JSON schema, so servers with constrained decoding and the packaged local model only emit
+that shape). Passages the answer leaves out follow in their search order. Re-ranking never fails a search: a
+model error, a budget stop, or an answer naming no passage or a passage that does not exist keeps the search
+order, and `Reranked.note` says why.
+
+The model is called only through `generate(prompts, schema) -> answers` (each answer has `.ok`, `.value` and
+`.error`), the LLM resource's batch call `LLMClient.generate_structured` or anything of the same shape.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+log = logging.getLogger("datamate.rerank")
+
+CANDIDATES_PER_HIT = 3  # candidates fetched per hit returned
+MAX_CANDIDATES = 20  # per query, so one prompt stays small
+PASSAGE_CHARS = 600  # of each candidate in the prompt
+
+Generate = Callable[[Sequence[str], type[BaseModel]], Sequence[Any]]
+
+
+class RerankOrder(BaseModel):
+    ranking: list[int] = Field(description="Passage numbers, the most relevant to the question first")
+
+
+@dataclass
+class Reranked:
+    hits: list[dict]
+    reordered: bool  # the hits come in the model's order (False: in the search order)
+    note: str | None = None  # why the search order was kept
+
+
+def rerank_prompt(query: str, hits: Sequence[dict], passage_chars: int = PASSAGE_CHARS) -> str:
+    passages = "\n\n".join(f"[{number}] {' '.join(hit['text'].split())[:passage_chars]}"
+                           for number, hit in enumerate(hits, start=1))
+    return (f"Question: {query}\n\nPassages:\n{passages}\n\n"
+            f"Which passages answer the question? Reply with JSON {{\"ranking\": [...]}}: the passage numbers "
+            f"(1 to {len(hits)}), the passage that best answers the question first.")
+
+
+def apply_order(hits: Sequence[dict], ranking: Sequence[int]) -> list[dict]:
+    """The hits in `ranking`'s order (1-based numbers, repeats ignored), the ones it leaves out after them in
+    their order. Raises ValueError for an empty ranking or a number that names no hit."""
+    if not ranking:
+        raise ValueError("the model ranked no passage")
+    wrong = [number for number in ranking if not 1 <= number <= len(hits)]
+    if wrong:
+        raise ValueError(f"the model ranked passages {wrong[:5]}, there are {len(hits)}")
+    order = list(dict.fromkeys(number - 1 for number in ranking))
+    order += [i for i in range(len(hits)) if i not in set(order)]
+    return [hits[i] for i in order]
+
+
+class LLMReranker:
+    """Re-orders each query's candidates with one chat-model call per query (all queries in one batch)."""
+
+    def __init__(self, generate: Generate, model_name: str = "", *, max_candidates: int = MAX_CANDIDATES,
+                 passage_chars: int = PASSAGE_CHARS, logger: logging.Logger | None = None):
+        self.generate = generate
+        self.model_name = model_name
+        self.max_candidates = max_candidates
+        self.passage_chars = passage_chars
+        self.log = logger or log
+
+    def candidates(self, k: int) -> int:
+        """How many hits to fetch per query to return k re-ranked: 3k, at most `max_candidates` (and at least k)."""
+        return max(k, min(CANDIDATES_PER_HIT * k, self.max_candidates))
+
+    def rerank(self, queries: Sequence[str], found: Sequence[list[dict]], k: int) -> list[Reranked]:
+        """Per query, its top k hits in the model's order, `rank` renumbered and `search_rank` the rank before."""
+        asked = [i for i, hits in enumerate(found) if len(hits) > 1]
+        answers: list[Any] = [None] * len(found)
+        failure = None
+        if asked:
+            try:
+                replies = self.generate([rerank_prompt(queries[i], found[i], self.passage_chars) for i in asked],
+                                        RerankOrder)
+                for i, reply in zip(asked, replies, strict=True):
+                    answers[i] = reply
+            except Exception as error:  # noqa: BLE001 - a re-ranker must never fail the search
+                failure = f"the re-ranking model failed: {type(error).__name__}: {str(error)[:200]}"
+        results = []
+        for query, hits, answer in zip(queries, found, answers, strict=True):
+            note = None
+            ordered = list(hits)
+            if len(hits) > 1:
+                if failure:
+                    note = failure
+                elif not answer.ok:
+                    note = f"the re-ranking model gave no answer: {answer.error}"
+                else:
+                    try:
+                        ordered = apply_order(hits, answer.value.ranking)
+                    except ValueError as error:
+                        note = f"unusable re-ranking answer: {error}"
+            if note:
+                self.log.warning("re-ranking %r kept the search order: %s", query[:80], note)
+            top = [{**hit, "rank": rank, "search_rank": hit["rank"]} for rank, hit in enumerate(ordered[:k], start=1)]
+            results.append(Reranked(top, reordered=note is None and len(hits) > 1, note=note))
+        return results
