@@ -11,6 +11,8 @@ import os
 from operators.rerank import LLMReranker
 
 ENABLE_VARIABLE = "DATAMATE_RERANK_LLM"
+HOW_TO_ENABLE = ("set DATAMATE_RERANK_LLM=1 (it uses DATAMATE_LLM_BASE_URL/DATAMATE_LLM_MODEL, else the packaged "
+                 "local model)")
 RETRIES = 1
 
 

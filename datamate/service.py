@@ -28,6 +28,7 @@ from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from datamate.api_keys import ApiKey, KeyRing, RateLimiter
+from datamate.rerank import HOW_TO_ENABLE
 from datamate_resources.embeddings import EmbeddingsResource
 from datamate_resources.milvus import (
     SEARCH_MODES,
@@ -266,9 +267,8 @@ def create_app(backend: Backend, keys: list[ApiKey], *, rate: float = 20.0, burs
         if not key.allows(request.dataset):
             raise HTTPException(403, f"key {key.name!r} may not read dataset {request.dataset!r}")
         if request.rerank and reranker is None:
-            raise HTTPException(400, "rerank: this service has no re-ranking model; start it with "
-                                "DATAMATE_RERANK_LLM=1 (it uses DATAMATE_LLM_BASE_URL/DATAMATE_LLM_MODEL, else the "
-                                "packaged local model)")
+            raise HTTPException(400, f"rerank: this service has no re-ranking model; to start it with one, "
+                                f"{HOW_TO_ENABLE}")
         k = reranker.candidates(request.k) if request.rerank else request.k
         started = time.perf_counter()
         queries = request.queries or [request.query]

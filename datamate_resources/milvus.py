@@ -625,7 +625,6 @@ class KnowledgeBase:
         per_doc: int | None = None,
         fusion: str = FUSION,
         weights: tuple[float, float] = WEIGHTS,
-        rerank=None,
     ) -> list[list[dict]]:
         """Top-k hits per query: chunk_id, doc_id, text, source_uri, position, headings, title, rank, score
         (dense cosine), rank_score (what ordered the hits: RRF in hybrid, BM25 in sparse, cosine in dense mode).
@@ -633,14 +632,10 @@ class KnowledgeBase:
         `mode` "hybrid" fuses dense and BM25 rankings by `fusion` ("rrf", or "weighted" with `weights` (dense,
         BM25)); a dense-only collection answers it with dense search; `filter` keeps chunks matching
         `{field: value or [values]}` (see `filter_expression`); `per_doc` keeps at most that many hits per
-        document, so one document does not fill the top k (more candidates are fetched for it). `rerank`, a
-        re-ranker such as `operators.rerank.LLMReranker`, re-orders `rerank.candidates(k)` hits per query and
-        keeps the top k (each with `search_rank`, its rank before); where it cannot, the search order stays.
+        document, so one document does not fill the top k (more candidates are fetched for it). Re-ranking
+        (`operators.rerank.LLMReranker`) runs on the hits of a search for `candidates(k)`, after the client is
+        released (the service and `datamate search --rerank`).
         """
-        if rerank is not None:
-            found = self.search(queries, rerank.candidates(k), mode=mode, filter=filter, per_doc=per_doc,
-                                fusion=fusion, weights=weights)
-            return [result.hits for result in rerank.rerank(queries, found, k)]
         if mode not in SEARCH_MODES:
             raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
         if fusion not in FUSIONS:

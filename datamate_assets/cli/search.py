@@ -67,7 +67,7 @@ def run(args) -> int:
 
     reranker = None
     if args.rerank:
-        from datamate.rerank import reranker_from_env
+        from datamate.rerank import HOW_TO_ENABLE, reranker_from_env
         from datamate_resources.llm import LLMUnavailableError
 
         try:
@@ -76,8 +76,7 @@ def run(args) -> int:
             print(f"error: the re-ranking LLM is not usable: {error}", file=sys.stderr)
             return 2
         if reranker is None:
-            print("error: --rerank needs a re-ranking model: set DATAMATE_RERANK_LLM=1 (it uses "
-                  "DATAMATE_LLM_BASE_URL/DATAMATE_LLM_MODEL, else the packaged local model)", file=sys.stderr)
+            print(f"error: --rerank needs a re-ranking model: {HOW_TO_ENABLE}", file=sys.stderr)
             return 2
     try:
         queries = read_queries(queries_file) if queries_file else [args.question]

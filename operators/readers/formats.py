@@ -247,7 +247,7 @@ def _block(element) -> str:
     if element.tag == "table":
         return _no_heading("\n".join(" | ".join(_inline(cell) for cell in row if cell.tag == "cell")
                                       for row in element.iter("row")))
-    if element.tag not in ("head", "p") and any(child.tag in _BLOCKS for child in element):
+    if element.tag != "p" and any(child.tag in _BLOCKS for child in element):
         return "\n\n".join(block for block in map(_block, element) if block)
     return _no_heading(_inline(element))
 

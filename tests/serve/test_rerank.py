@@ -62,12 +62,13 @@ def test_bad_answer_or_failed_model_keeps_the_search_order(scripted):  # noqa: F
     assert [h["chunk_id"] for h in raised.hits] == ["c1", "c2", "c3"] and "RuntimeError: no model" in raised.note
 
 
-def test_knowledge_base_search_reranks(lite, embeddings, scripted):  # noqa: F811
+def test_knowledge_base_hits_are_reranked(lite, embeddings, scripted):  # noqa: F811
     reranker = scripted_reranker(scripted.base_url)
     with lite.get_client() as client:
         knowledge_base = KnowledgeBase(client, "docs", embeddings.get_embeddings(), embeddings.model_name)
         candidates = knowledge_base.search([SSH], k=reranker.candidates(3))[0]
-        reranked = knowledge_base.search([SSH], k=3, rerank=reranker)[0]
+    [result] = reranker.rerank([SSH], [candidates], 3)
+    reranked = result.hits
     assert len(candidates) > 3
     assert [h["chunk_id"] for h in reranked] == [h["chunk_id"] for h in reversed(candidates)][:3]
     assert [h["search_rank"] for h in reranked] == [len(candidates), len(candidates) - 1, len(candidates) - 2]
