@@ -102,7 +102,8 @@ def _ray_needs_ray_executor(section) -> None:
 # --- cleaning -----------------------------------------------------------------------------------------
 class CleaningSection(Section):
     executor: Literal["local", "ray"] = Field("local", description="Run in-process or on the Ray resource")
-    num_proc: int = Field(1, ge=1, le=256, description="Worker processes for the local executor's mappers/filters")
+    num_proc: int = Field(1, ge=1, le=256, description="Processes for the local executor's mappers, filters and "
+                          "fingerprints: the step's own and num_proc - 1 workers")
     text_key: str = "text"
     process: list[dict[str, dict[str, Any] | None]] = Field(
         default_factory=list, description="Data-Juicer style list of {operator_name: {params}}"

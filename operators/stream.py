@@ -1,6 +1,7 @@
 """Streaming recipe runs: record batches in, kept and dropped rows out to Parquet files, memory bounded by the batch.
 
-Mappers and filters run batch by batch (in `num_proc` worker processes, a few batches ahead at most). A dedup
+Mappers and filters run batch by batch (in `num_proc` processes: this one and `num_proc - 1` workers, a few batches
+ahead at most). A dedup
 step needs every document before it decides, so it is out of core, in three passes as datatrove does it:
 1. stream the documents to a local spill file while fingerprints, bucket keys (LSH bands) and the rows' ids are
    written to Parquet beside it;
@@ -19,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -115,6 +116,31 @@ class ParquetSink:
             yield from parquet_batches(self.path, batch_size)
 
 
+class SharedPool(Executor):
+    """`num_proc` processes: this one and `num_proc - 1` worker processes, this one taking every `num_proc`-th job
+    as it is submitted while the workers run theirs. A worker holds its own imports and batches (~300 MB); this
+    process has them already, and would otherwise wait for the workers' results."""
+
+    def __init__(self, num_proc: int):
+        self.num_proc = num_proc
+        self.workers = ProcessPoolExecutor(num_proc - 1)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        self.submitted += 1
+        if self.submitted % self.num_proc:
+            return self.workers.submit(fn, *args, **kwargs)
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:  # why: raised in order, at `result()`, like a worker's
+            future.set_exception(error)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.workers.shutdown(wait, cancel_futures=cancel_futures)
+
+
 def ordered_map(pool: Executor | None, function: Callable, items: Iterable, ahead: int) -> Iterator:
     """map() that keeps at most `ahead` items in flight (Executor.map would submit the whole input at once)."""
     if pool is None:
@@ -167,7 +193,7 @@ def run_stream(recipe: Recipe, batches: Iterable[pa.RecordBatch | pa.Table], wor
     text_key = recipe.text_key
     stats = [StepStats(i, name, op.kind) for i, (name, op) in enumerate(zip(recipe.names, recipe.operators,
                                                                             strict=True))]
-    pool = ProcessPoolExecutor(num_proc) if num_proc > 1 else None
+    pool = SharedPool(num_proc) if num_proc > 1 else None
     ahead = 2 * num_proc
 
     stats_struct = stats_type(recipe.operators)

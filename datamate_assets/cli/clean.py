@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--text-key", default=None, help="Field holding the text (default: the file's or 'text')")
     parser.add_argument("--stats", type=Path, default=None, help="Write per-operator stats as JSON here")
     parser.add_argument("--drops", type=Path, default=None, help="Write dropped records with reasons here")
-    parser.add_argument("--num-proc", type=int, default=None, help="Worker processes for mappers and filters")
+    parser.add_argument("--num-proc", type=int, default=None,
+                        help="Processes for mappers, filters and fingerprints: this one and NUM_PROC - 1 workers")
     parser.set_defaults(func=run)
 
 

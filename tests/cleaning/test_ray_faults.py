@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -52,6 +53,12 @@ def test_a_worker_node_killed_mid_dedup_is_retried_and_the_output_equals_a_clean
                 if "verified candidate pairs" in message and not killed:  # shards hold the step's state now
                     os.killpg(cluster.workers[1].pid, signal.SIGKILL)
                     killed.append(message)
+                    # the step goes on to apply its decisions only once Ray knows the node is gone: otherwise
+                    # the shards there may still answer before they die, and nothing is retried
+                    deadline = time.monotonic() + 120
+                    while len([n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]) > 1:
+                        assert time.monotonic() < deadline, "Ray did not see the killed node die"
+                        time.sleep(0.5)
 
             faulted = run_ray_tables(recipe, source, _outputs(tmp_path / "killed", source.schema),
                                      log=kill_a_worker_node)

@@ -1,6 +1,7 @@
 """The recipe runner on real operators: accounting, errors set aside, Data-Juicer recipe files, hashing, CLI."""
 
 import json
+import os
 
 import pyarrow as pa
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from datamate_assets.cli import main
 from operators import Mapper, register
 from operators.recipe import Recipe, RecipeError, run_local
+from operators.stream import SharedPool, ordered_map
 
 
 @register("test_explode_on_marker_mapper")
@@ -106,3 +108,23 @@ def test_process_pool_gives_the_same_result():
     recipe = Recipe.from_process(PROCESS)
     one, two = run_local(recipe, table), run_local(recipe, table, num_proc=2)
     assert one.kept.equals(two.kept) and one.drops.equals(two.drops)
+
+
+def _pid_or_fail(n: int) -> tuple[int, int]:
+    if n == 7:
+        raise ValueError("job 7 failed")
+    return n, os.getpid()
+
+
+def test_shared_pool_runs_every_num_proc_th_job_here_in_order():
+    pool = SharedPool(3)
+    try:
+        done = list(ordered_map(pool, _pid_or_fail, range(7), ahead=6))
+        assert [n for n, _ in done] == list(range(7))
+        here = [n for n, pid in done if pid == os.getpid()]
+        assert here == [2, 5]  # every third job; the others ran in the two worker processes
+        assert len({pid for _, pid in done} - {os.getpid()}) in (1, 2)
+        with pytest.raises(ValueError, match="job 7 failed"):
+            list(ordered_map(pool, _pid_or_fail, range(6, 10), ahead=6))
+    finally:
+        pool.shutdown()
