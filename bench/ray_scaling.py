@@ -62,10 +62,15 @@ def cleaning_table(docs: int, folder: Path):
     return store, tables.write(store, name, "collected", table.append_column("n", pa.array(range(table.num_rows))))
 
 
+def peak_rss_mb() -> int:
+    """This process's peak RSS (VmHWM). Not `ru_maxrss`: Linux carries that over `exec` from the forking
+    parent, so every child would report the benchmark's own peak."""
+    status = Path("/proc/self/status").read_text()
+    return round(int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024)
+
+
 def cleaning_child(request: dict) -> dict:
     """One cleaning run in a fresh process (its peak RSS is the run process's): connect, run, commit."""
-    import resource
-
     from datamate_resources import tables
     from operators.ray_exec import Destination, Outputs, Source, run_ray_tables
 
@@ -93,7 +98,7 @@ def cleaning_child(request: dict) -> dict:
               "docs_per_s": round(request["docs"] / seconds), "load_avg_1m_at_start": round(load, 1),
               "dedup_seconds": {f"{s.step}:{s.operator}": round(s.seconds, 1) for s in run.stats
                                 if s.kind == "deduplicator"},
-              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+              "peak_rss_mb": peak_rss_mb()}
     if request.get("score"):
         result["near_dedup"] = near_dedup_scores(request["docs"], drops.read(["n", "reason", "operator"]),
                                                  ref.read(["n", "source_uri"]))
