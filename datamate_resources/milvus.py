@@ -660,23 +660,19 @@ class KnowledgeBase:
         # Hybrid and sparse hits bring their dense vector back, for the cosine shown as `score`.
         fields = OUTPUT_FIELDS if mode == "dense" else [*OUTPUT_FIELDS, "dense"]
         with self._milvus("searching"):
-            if mode == "hybrid":
-                results = [
-                    self.client.hybrid_search(
-                        self.name,
-                        [
-                            AnnSearchRequest([vector], "dense", dense_params, limit=limit, expr=expression),
-                            AnnSearchRequest([query], "sparse", {"metric_type": "BM25"}, limit=limit,
-                                             expr=expression),
-                        ],
-                        ranker,
-                        limit=limit,
-                        output_fields=fields,
-                        timeout=self.timeout,
-                        **self._read,
-                    )[0]
-                    for query, vector in zip(queries, vectors, strict=True)
-                ]
+            if mode == "hybrid":  # one call for every query, as dense and sparse searches are
+                results = self.client.hybrid_search(
+                    self.name,
+                    [
+                        AnnSearchRequest(vectors, "dense", dense_params, limit=limit, expr=expression),
+                        AnnSearchRequest(queries, "sparse", {"metric_type": "BM25"}, limit=limit, expr=expression),
+                    ],
+                    ranker,
+                    limit=limit,
+                    output_fields=fields,
+                    timeout=self.timeout,
+                    **self._read,
+                )
             else:
                 results = self.client.search(
                     self.name, data=vectors if mode == "dense" else queries,
