@@ -33,7 +33,7 @@ HANDLED_KEYS = {
     "export_type": "output format when export_path has no suffix",
     "export_shard_size": "largest shard in bytes; 0 = one file",
     "keep_stats_in_res_ds": "keep the `stats` column in the exported records",
-    "np": "worker processes for mappers and filters",
+    "np": "processes for mappers and filters (this one and np - 1 workers)",
     "text_keys": "field holding the text (the first one of a list)",
     "executor_type": "default (this machine) or ray",
     "ray_address": "Ray cluster to connect to with executor_type: ray",

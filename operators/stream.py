@@ -1,8 +1,8 @@
 """Streaming recipe runs: record batches in, kept and dropped rows out to Parquet files, memory bounded by the batch.
 
 Mappers and filters run batch by batch (in `num_proc` processes: this one and `num_proc - 1` workers, a few batches
-ahead at most). A dedup
-step needs every document before it decides, so it is out of core, in three passes as datatrove does it:
+ahead at most). A dedup step needs every document before it decides, so it is out of core, in three passes as
+datatrove does it:
 1. stream the documents to a local spill file while fingerprints, bucket keys (LSH bands) and the rows' ids are
    written to Parquet beside it;
 2. DuckDB (which spills to disk past its memory limit) groups the keys into candidate pairs and joins the
