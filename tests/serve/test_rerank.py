@@ -1,18 +1,22 @@
 """LLM re-ranking (operators/rerank.py) through the LLM resource against the scripted OpenAI-compatible endpoint
 (it answers a re-ranking prompt with the passages in reverse order, or with a passage that does not exist when
-the question says "unanswerable"), in `KnowledgeBase.search` and in the service."""
+the question says "unanswerable"), in `KnowledgeBase.search` and in the service; the bounded answer schema, and
+one answer of the packaged local model."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
+import xgrammar
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from datamate.api_keys import parse_api_keys
 from datamate.rerank import reranker_from_env
 from datamate.service import Backend, create_app
 from datamate_resources.llm import LLMResource
 from datamate_resources.milvus import KnowledgeBase
-from operators.rerank import LLMReranker, apply_order
+from operators.rerank import LLMReranker, apply_order, ranking_schema
 from tests.llm.conftest import scripted  # noqa: F401 - the fixture
 from tests.serve.conftest import KEYS_TEXT, READER_KEY, bearer
 
@@ -36,6 +40,63 @@ def test_apply_order():
             apply_order(hits(4), bad)
 
 
+def grammar_accepts(schema: dict, text: str) -> bool:
+    """Whether the grammar xgrammar compiles from `schema` (as the local model's decoding does) accepts `text`."""
+    compiled = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo([])).compile_json_schema(json.dumps(schema),
+                                                                                       any_whitespace=False)
+    matcher = xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=True)
+    return matcher.accept_string(text) and matcher.is_terminated()
+
+
+def test_the_answer_schema_bounds_the_list_and_the_numbers():
+    """Unbounded, the packaged model emitted numbers until its token limit; constrained decoding now has to close
+    the list after at most n numbers of 1..n. One `generate` call per candidate count."""
+    schemas = []
+
+    def recording(prompts, schema):
+        schemas.append((len(prompts), schema))
+        return [SimpleNamespace(ok=True, value=schema(ranking=[2]), error=None)] * len(prompts)
+
+    results = LLMReranker(recording).rerank(["a?", "b?", "c?"], [hits(4), hits(12), hits(4)], k=3)
+    assert [(count, s.model_json_schema()["properties"]["ranking"]["maxItems"]) for count, s in schemas] == [
+        (2, 4), (1, 12)]
+    assert all(r.reordered and r.hits[0]["chunk_id"] == "c2" for r in results)
+    schema = ranking_schema(4).model_json_schema()
+    assert grammar_accepts(schema, '{"ranking": [4, 1, 3, 2]}') and grammar_accepts(schema, '{"ranking": [2, 2]}')
+    for unbounded in ('{"ranking": [1, 2, 3, 4, 1]}', '{"ranking": [5]}', '{"ranking": [0]}', '{"ranking": []}'):
+        assert not grammar_accepts(schema, unbounded)
+        with pytest.raises(ValidationError):  # a server that ignores the schema gets its answer rejected
+            ranking_schema(4).model_validate_json(unbounded)
+
+
+def test_the_model_sees_at_most_max_candidates_and_the_rest_follow_in_search_order():
+    """k = 25 asks for 25 candidates; a prompt of 20 keeps a small model's context (SmolLM2: 8k tokens)."""
+    shown = []
+
+    def recording(prompts, schema):
+        shown.append((prompts[0].count("\n["), schema.model_json_schema()["properties"]["ranking"]["maxItems"]))
+        return [SimpleNamespace(ok=True, value=schema(ranking=[20, 2]), error=None)]
+
+    [result] = LLMReranker(recording, max_candidates=20).rerank(["a?"], [hits(25)], k=25)
+    assert shown == [(20, 20)]
+    assert [h["chunk_id"] for h in result.hits] == ["c20", "c2", "c1", *[f"c{i}" for i in range(3, 20)],
+                                                    *[f"c{i}" for i in range(21, 26)]]
+
+
+def test_the_packaged_local_model_answers_a_ranking():
+    """The real packaged model in process: its answer parses (~30 s on an idle machine, mostly loading it)."""
+    resource = LLMResource(provider="local", max_retries=0)
+    client = resource.client()
+    passages = ["Apache serves web pages on port 80.", "The SSH server listens on port 22 by default.",
+                "Bananas are yellow."]
+    found = [{"chunk_id": f"c{i}", "text": text, "rank": i} for i, text in enumerate(passages, start=1)]
+    [result] = LLMReranker(lambda prompts, schema: client.generate_structured(prompts, schema)).rerank(
+        [SSH], [found], k=3)
+    assert result.reordered and result.note is None
+    assert sorted(h["chunk_id"] for h in result.hits) == ["c1", "c2", "c3"]
+    assert client.usage.calls == 1 and client.usage.output_tokens < 40, client.usage
+
+
 def test_rerank_reorders_as_the_model_says(scripted):  # noqa: F811
     reranker = scripted_reranker(scripted.base_url)
     assert reranker.candidates(5) == 15 and reranker.candidates(10) == 20 and reranker.candidates(50) == 50
@@ -50,7 +111,8 @@ def test_rerank_reorders_as_the_model_says(scripted):  # noqa: F811
 def test_bad_answer_or_failed_model_keeps_the_search_order(scripted):  # noqa: F811
     [bad] = scripted_reranker(scripted.base_url).rerank(["An unanswerable question?"], [hits(4)], k=3)
     assert [h["chunk_id"] for h in bad.hits] == ["c1", "c2", "c3"] and not bad.reordered
-    assert "ranked passages [9], there are 4" in bad.note
+    # [9] of 4 passages breaks the schema's bounds: the client rejects the answer
+    assert "no answer: invalid output: ranking.0: Input should be less than or equal to 4" in bad.note
     # nothing listens there: the client's error becomes the note, the search order stays
     [down] = scripted_reranker("http://127.0.0.1:9/v1").rerank(["Which port?"], [hits(4)], k=2)
     assert [h["chunk_id"] for h in down.hits] == ["c1", "c2"] and "no answer" in down.note

@@ -32,7 +32,7 @@ def test_datasets_lists_what_the_key_may_read(api):
     by_name = {d["name"]: d for d in listed.json()}
     assert set(by_name) == {"docs", "other"}
     docs = by_name["docs"]
-    assert docs["chunks"] > 8 and docs["embedding_model"] == "all-MiniLM-L6-v2-onnx-int8" and docs["hybrid"]
+    assert docs["chunks"] > 8 and docs["embedding_model"] == "all-MiniLM-L6-v2-onnx-qint8" and docs["hybrid"]
     assert docs["source_version"] == SOURCE_VERSION and docs["dimension"] == 384
     scoped = api.get("/v1/datasets", headers=bearer(SCOPED_KEY)).json()
     assert [d["name"] for d in scoped] == ["docs"]
