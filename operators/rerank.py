@@ -86,10 +86,11 @@ class LLMReranker:
         The model sees the first `max_candidates` hits (a prompt must fit a small model's context); any further
         hits (k above it) follow them in their search order."""
         # One `generate` batch per candidate count (usually one batch): the schema bounds the answer by the count.
+        shown = [min(len(hits), self.max_candidates) for hits in found]
         by_count: dict[int, list[int]] = {}
-        for i, hits in enumerate(found):
-            if len(hits) > 1:
-                by_count.setdefault(min(len(hits), self.max_candidates), []).append(i)
+        for i, count in enumerate(shown):
+            if count > 1:
+                by_count.setdefault(count, []).append(i)
         answers: list[Any] = [None] * len(found)
         failures: dict[int, str] = {}
         for count, asked in by_count.items():
@@ -106,19 +107,18 @@ class LLMReranker:
         for i, (query, hits, answer) in enumerate(zip(queries, found, answers, strict=True)):
             note = None
             ordered = list(hits)
-            if len(hits) > 1:
+            if shown[i] > 1:
                 if i in failures:
                     note = failures[i]
                 elif not answer.ok:
                     note = f"the re-ranking model gave no answer: {answer.error}"
                 else:
                     try:
-                        shown = min(len(hits), self.max_candidates)
-                        ordered = apply_order(hits[:shown], answer.value.ranking) + list(hits[shown:])
+                        ordered = apply_order(hits[: shown[i]], answer.value.ranking) + list(hits[shown[i] :])
                     except ValueError as error:
                         note = f"unusable re-ranking answer: {error}"
             if note:
                 self.log.warning("re-ranking %r kept the search order: %s", query[:80], note)
             top = [{**hit, "rank": rank, "search_rank": hit["rank"]} for rank, hit in enumerate(ordered[:k], start=1)]
-            results.append(Reranked(top, reordered=note is None and len(hits) > 1, note=note))
+            results.append(Reranked(top, reordered=note is None and shown[i] > 1, note=note))
         return results
